@@ -1,0 +1,133 @@
+"""One frozen dataclass per run: the notebook's three experiments are named overrides of a base.
+
+A `Config` says everything that decides what a run learns. It is written to every run folder
+as `config.json`, so a run can be resumed, compared and reproduced from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from cifarlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Real-time augmentation, as the notebook's `ImageDataGenerator` (step F)."""
+
+    rotation_degrees: float = 0.0  # Random rotation in [-d, +d] degrees.
+    shift: float = 0.0  # Random width and height shift, as a fraction of the image side.
+    horizontal_flip: bool = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rotation_degrees or self.shift or self.horizontal_flip)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides what one training run learns."""
+
+    name: str = "baseline"
+    learning_rate: float = 1e-3  # Adam step size.
+    batch_size: int = 32  # Training images per step.
+    epochs: int = 50
+    batch_norm: bool = False  # BatchNormalization before every hidden ReLU, no biases there.
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    seed: int = 0  # Seeds the validation split, weight initialisation and shuffling.
+    val_fraction: float = 0.2  # Share of the training images held out for validation.
+    dataset: str = "cifar10"
+    image_size: int = 32  # Side of the square model input, in pixels.
+    precision: str = "auto"  # auto, float32, bfloat16 or float16 (mixed precision).
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"epochs must be a positive whole number, not {self.epochs}.")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be a positive whole number, not {self.batch_size}.")
+        if not self.learning_rate > 0:
+            raise UserError(f"learning_rate must be positive, not {self.learning_rate}.")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"val_fraction must lie between 0 and 1, not {self.val_fraction}.")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}.")
+        if self.image_size < 8:
+            raise UserError(f"image_size must be at least 8 pixels, not {self.image_size}.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        values = dict(values)
+        values["augmentation"] = Augmentation(**values.get("augmentation", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+BASELINE = Config(name="baseline", learning_rate=1e-3, batch_size=32, epochs=50)
+AUGMENTED = replace(
+    BASELINE,
+    name="augmented",
+    augmentation=Augmentation(rotation_degrees=10, shift=0.1, horizontal_flip=True),
+)
+BATCHNORM = replace(BASELINE, name="batchnorm", batch_norm=True, learning_rate=1e-2, batch_size=64)
+
+EXPERIMENTS = {config.name: config for config in (BASELINE, AUGMENTED, BATCHNORM)}
+ALIASES = {"A": "baseline", "B": "augmented", "C": "batchnorm"}
+
+
+def experiment(name: str) -> Config:
+    """The named experiment's config; accepts the notebook's letters A, B and C."""
+    resolved = ALIASES.get(name.upper() if len(name) == 1 else name, name)
+    if resolved not in EXPERIMENTS:
+        choices = ", ".join([*EXPERIMENTS, *ALIASES])
+        raise UserError(f"Unknown experiment '{name}'; choose one of {choices}.")
+    return EXPERIMENTS[resolved]
+
+
+def override(config: Config, **overrides: object) -> Config:
+    """`config` with the named fields replaced; values may be strings, parsed to the field's type.
+
+    Unknown keys and values of the wrong type raise `UserError` naming the valid choices.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Config) if f.name != "augmentation"}
+    parsed = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise UserError(f"Unknown setting '{key}'; valid settings are {', '.join(fields)}.")
+        parsed[key] = _parse(key, value, typing.get_type_hints(Config)[key])
+    return replace(config, **parsed)
+
+
+def _parse(key: str, value: object, kind: type) -> object:
+    if isinstance(kind, types.UnionType):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is bool and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise UserError(f"{key} must be of type {kind.__name__}, not {value!r}.")

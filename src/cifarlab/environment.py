@@ -1,0 +1,125 @@
+"""What a run ran on: backend, library versions, hardware, and the numeric precision chosen.
+
+`resolve_precision("auto")` picks mixed bfloat16 where the hardware runs it fast (a GPU of
+compute capability 8 or later, or a CPU with AVX-512 BF16 or AMX under TensorFlow) and float32
+everywhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+
+import keras
+
+from cifarlab.errors import UserError
+
+_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def dtype_policy(precision: str) -> str | None:
+    """The Keras dtype policy for a resolved precision (None for plain float32)."""
+    if precision not in _POLICIES:
+        raise UserError(f"precision must be one of {', '.join(_POLICIES)}, not '{precision}'.")
+    return _POLICIES[precision]
+
+
+def resolve_precision(requested: str) -> str:
+    """`requested` itself, or for "auto" the fastest precision this machine trains well in."""
+    if requested != "auto":
+        dtype_policy(requested)
+        return requested
+    if gpu_name() is not None:
+        return "bfloat16" if _gpu_supports_bfloat16() else "float32"
+    if keras.backend.backend() == "tensorflow" and cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        return "bfloat16"
+    return "float32"
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def gpu_name() -> str | None:
+    """The first accelerator the active backend sees, or None on a CPU-only machine."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        devices = [device for device in jax.devices() if device.platform != "cpu"]
+        return devices[0].device_kind if devices else None
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        devices = tf.config.list_physical_devices("GPU")
+        return devices[0].name if devices else None
+    return None
+
+
+def _gpu_supports_bfloat16() -> bool:
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        details = tf.config.experimental.get_device_details(
+            tf.config.list_physical_devices("GPU")[0]
+        )
+        return details.get("compute_capability", (0, 0))[0] >= 8
+    return True  # JAX's GPU builds target compute capability 8 and later (Ampere, Hopper).
+
+
+def describe(precision: str) -> dict:
+    """A record of the software and hardware, written to every run folder."""
+    versions = {}
+    for package in ("keras", "tensorflow", "jax", "torch", "numpy", "scikit-learn"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "backend": keras.backend.backend(),
+        "precision": precision,
+        "versions": {"python": platform.python_version(), **versions},
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu_name(),
+        "platform": platform.platform(),
+    }
+
+
+def hardware_summary(environment: dict) -> str:
+    """One line naming the hardware, backend and precision of a run, for reports and logs."""
+    device = (
+        environment.get("gpu") or f"{environment.get('cpu')} ({environment.get('cpu_count')} cores)"
+    )
+    return f"{device}, Keras {environment['versions'].get('keras')} on {environment['backend']}, {environment['precision']}"

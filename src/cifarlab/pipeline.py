@@ -1,0 +1,122 @@
+"""Input batches: uint8 images become float32 in [0, 1] with one-hot labels, one batch at a time.
+
+Augmentation is part of the training input only, so a saved model needs no special case at
+inference. On the TensorFlow backend the batches come from a parallel, prefetching `tf.data`
+pipeline; on the other backends (JAX, PyTorch) from a `keras.utils.PyDataset` that does the
+same work with the same Keras augmentation layers, so TensorFlow is never needed there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from cifarlab.config import Augmentation
+
+EVAL_BATCH_SIZE = 500  # Inference needs no small batches; larger ones waste less per step.
+
+
+def scale(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 in [0, 1], as the notebook's step B."""
+    return np.asarray(images, dtype=np.float32) / 255.0
+
+
+def augmenter(augmentation: Augmentation, seed: int) -> keras.Sequential | None:
+    """Keras layers doing what `ImageDataGenerator` did in the notebook, or None if inactive."""
+    if not augmentation.active:
+        return None
+    layers = []
+    if augmentation.rotation_degrees:
+        # RandomRotation takes a fraction of a full turn.
+        fraction = augmentation.rotation_degrees / 360.0
+        layers.append(keras.layers.RandomRotation(fraction, fill_mode="nearest", seed=seed))
+    if augmentation.shift:
+        layers.append(
+            keras.layers.RandomTranslation(
+                augmentation.shift, augmentation.shift, fill_mode="nearest", seed=seed + 1
+            )
+        )
+    if augmentation.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def training_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    augmentation: Augmentation,
+    seed: int,
+):
+    """Shuffled, optionally augmented training batches, reshuffled every epoch."""
+    augment = augmenter(augmentation, seed)
+    if keras.backend.backend() == "tensorflow":
+        return _tf_batches(images, labels, num_classes, batch_size, True, augment, seed)
+    return ArrayBatches(images, labels, num_classes, batch_size, True, augment, seed)
+
+
+def evaluation_batches(
+    images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int = EVAL_BATCH_SIZE
+):
+    """Batches in order, unaugmented, for validation, evaluation and prediction."""
+    if keras.backend.backend() == "tensorflow":
+        return _tf_batches(images, labels, num_classes, batch_size, False, None, 0)
+    return ArrayBatches(images, labels, num_classes, batch_size, False, None, 0)
+
+
+def image_batches(images: np.ndarray, batch_size: int = EVAL_BATCH_SIZE):
+    """Scaled images alone, in order, for `model.predict`."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        batches = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+        return batches.map(lambda batch: tf.cast(batch, tf.float32) / 255.0).prefetch(2)
+    return ArrayBatches(images, None, 0, batch_size, False, None, 0)
+
+
+def _tf_batches(images, labels, num_classes, batch_size, shuffle, augment, seed):
+    import tensorflow as tf
+
+    def prepare(batch_images, batch_labels):
+        batch_images = tf.cast(batch_images, tf.float32) / 255.0
+        if augment is not None:
+            batch_images = augment(batch_images, training=True)
+        return batch_images, tf.one_hot(batch_labels, num_classes)
+
+    batches = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    if shuffle:
+        batches = batches.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    batches = batches.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches from in-memory uint8 arrays for backends without `tf.data`."""
+
+    def __init__(self, images, labels, num_classes, batch_size, shuffle, augment, seed):
+        super().__init__()
+        self.images, self.labels = images, labels
+        self.num_classes, self.batch_size = num_classes, batch_size
+        self.shuffle, self.augment = shuffle, augment
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        batch_images = scale(self.images[chosen])
+        if self.augment is not None:
+            batch_images = keras.ops.convert_to_numpy(self.augment(batch_images, training=True))
+        if self.labels is None:
+            return (batch_images,)
+        one_hot = np.eye(self.num_classes, dtype=np.float32)[self.labels[chosen]]
+        return batch_images, one_hot
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.images))
