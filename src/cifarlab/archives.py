@@ -45,7 +45,7 @@ class _AllowListUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(payload: bytes, source: str) -> object:
-    """Unpickle `payload` admitting only arrays and plain containers; `source` names it in errors."""
+    """Unpickle `payload`, admitting only arrays and plain containers; errors name `source`."""
     try:
         return _AllowListUnpickler(io.BytesIO(payload), encoding="bytes").load()
     except Exception as error:  # Any failure means the file is not a dataset pickle.

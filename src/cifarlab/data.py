@@ -68,7 +68,7 @@ def load(
     seed: int = 0,
     quiet: bool = False,
 ) -> Dataset:
-    """CIFAR-10 from `path` (archive, batches folder or a folder holding either), split for training.
+    """CIFAR-10 from `path` (archive, batches folder or a folder holding either), split.
 
     Without `path`: `$CIFARLAB_DATA`, else the per-user cache, else the official download.
     """

@@ -119,7 +119,7 @@ def describe(precision: str) -> dict:
 
 def hardware_summary(environment: dict) -> str:
     """One line naming the hardware, backend and precision of a run, for reports and logs."""
-    device = (
-        environment.get("gpu") or f"{environment.get('cpu')} ({environment.get('cpu_count')} cores)"
-    )
-    return f"{device}, Keras {environment['versions'].get('keras')} on {environment['backend']}, {environment['precision']}"
+    cpu = f"{environment.get('cpu')} ({environment.get('cpu_count')} cores)"
+    keras_version = environment["versions"].get("keras")
+    backend, precision = environment["backend"], environment["precision"]
+    return f"{environment.get('gpu') or cpu}, Keras {keras_version} on {backend}, {precision}"
