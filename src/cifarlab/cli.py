@@ -100,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
     from cifarlab import data, train
 
     config = experiment_config(args)
-    dataset = data.load(args.data, config.val_fraction, config.seed, quiet=args.quiet)
+    dataset = data.load_for(config, args.data, quiet=args.quiet)
     out_dir = args.out or Path("runs") / config.name
     train.run(config, out_dir, dataset, args.overwrite, args.quiet, args.tensorboard)
     print(f"Run folder: {out_dir}")
@@ -115,7 +115,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not config_path.is_file():
         raise UserError(f"{args.run_dir} is not a run folder (it has no config.json).")
     config = Config.load(config_path)
-    dataset = data.load(args.data, config.val_fraction, config.seed)
+    dataset = data.load_for(config, args.data)
     evaluate.run(args.run_dir, dataset)
     return 0
 
@@ -123,7 +123,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _data_info(args: argparse.Namespace) -> int:
     from cifarlab import data
 
-    print(data.describe(data.load(args.data, args.val_fraction, args.seed)))
+    dataset = data.load(args.data, val_fraction=args.val_fraction, seed=args.seed)
+    print(data.describe(dataset))
     return 0
 
 

@@ -41,6 +41,7 @@ class Config:
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 0  # Seeds the validation split, weight initialisation and shuffling.
     val_fraction: float = 0.2  # Share of the training images held out for validation.
+    test_fraction: float = 0.2  # Share held out for testing, only where a dataset has no test set.
     dataset: str = "cifar10"
     image_size: int = 32  # Side of the square model input, in pixels.
     precision: str = "auto"  # auto, float32, bfloat16 or float16 (mixed precision).
@@ -54,6 +55,8 @@ class Config:
             raise UserError(f"learning_rate must be positive, not {self.learning_rate}.")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"val_fraction must lie between 0 and 1, not {self.val_fraction}.")
+        if not 0 < self.test_fraction < 1:
+            raise UserError(f"test_fraction must lie between 0 and 1, not {self.test_fraction}.")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}.")
         if self.image_size < 8:

@@ -64,17 +64,33 @@ class Dataset:
 
 def load(
     path: str | Path | None = None,
+    dataset: str = "cifar10",
     val_fraction: float = 0.2,
     seed: int = 0,
+    image_size: int = 32,
+    test_fraction: float = 0.2,
     quiet: bool = False,
 ) -> Dataset:
-    """CIFAR-10 from `path` (archive, batches folder or a folder holding either), split.
+    """The dataset at `path` (archive, batches folder or a folder holding either), split.
 
     Without `path`: `$CIFARLAB_DATA`, else the per-user cache, else the official download.
+    `test_fraction` applies only to datasets without their own test split.
     """
+    if dataset != "cifar10":
+        raise UserError(f"Unknown dataset '{dataset}'; choose cifar10.")
+    if image_size != 32:
+        raise UserError(f"CIFAR-10 images are 32 pixels square, not {image_size}.")
     source = locate(path, quiet=quiet)
     x_train, y_train, x_test, y_test = read_cifar10(source)
     return split(x_train, y_train, x_test, y_test, CIFAR10_CLASSES, str(source), val_fraction, seed)
+
+
+def load_for(config, path: str | Path | None = None, quiet: bool = False) -> Dataset:
+    """The data a run of `config` trains on: its dataset, split and image size."""
+    return load(
+        path, config.dataset, config.val_fraction, config.seed, config.image_size,
+        config.test_fraction, quiet,
+    )  # fmt: skip
 
 
 def split(
