@@ -1,0 +1,99 @@
+"""Contract tests for the three networks: the notebook's shapes, parameter counts and layers."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from cifarlab import config, models, pipeline
+
+# The notebook's model summary (step D): layer type, output shape, parameters.
+NOTEBOOK_TABLE = [
+    ("Conv2D", (None, 32, 32, 32), 896),  # 3·3·3·32 + 32
+    ("Conv2D", (None, 32, 32, 32), 9248),  # 3·3·32·32 + 32
+    ("MaxPooling2D", (None, 16, 16, 32), 0),
+    ("Conv2D", (None, 16, 16, 64), 18496),  # 3·3·32·64 + 64
+    ("Conv2D", (None, 16, 16, 64), 36928),  # 3·3·64·64 + 64
+    ("MaxPooling2D", (None, 8, 8, 64), 0),
+    ("Flatten", (None, 4096), 0),
+    ("Dense", (None, 512), 2097664),  # 4096·512 + 512
+    ("Dropout", (None, 512), 0),
+    ("Dense", (None, 10), 5130),  # 512·10 + 10
+]
+
+
+def layer_table(model: keras.Model) -> list[tuple]:
+    return [
+        (type(layer).__name__, tuple(layer.output.shape), layer.count_params())
+        for layer in model.layers[1:]
+    ]
+
+
+def test_baseline_matches_the_notebook_summary():
+    model = models.build_model(config.BASELINE)
+    assert layer_table(model) == NOTEBOOK_TABLE
+    assert model.count_params() == 2_168_362
+
+
+def test_augmented_is_the_same_network():
+    assert layer_table(models.build_model(config.AUGMENTED)) == NOTEBOOK_TABLE
+
+
+def test_batchnorm_has_bias_free_units_each_followed_by_normalization():
+    model = models.build_model(config.BATCHNORM)
+    # Convolutions 864 + 9,216 + 18,432 + 36,864, dense 2,097,152, output 5,130 = 2,167,658;
+    # five BatchNormalizations with 4 values per channel: 4·(32+32+64+64+512) = 2,816.
+    assert model.count_params() == 2_170_474
+    kinds = [type(layer).__name__ for layer in model.layers]
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, keras.layers.Conv2D) or layer.name == "features_linear":
+            assert layer.use_bias is False
+            assert kinds[index + 1 : index + 3] == ["BatchNormalization", "Activation"]
+    assert kinds.count("BatchNormalization") == 5
+    assert kinds[-2:] == ["Dropout", "Dense"]
+
+
+def test_only_batchnorm_normalizes():
+    for experiment in (config.BASELINE, config.AUGMENTED):
+        model = models.build_model(experiment)
+        assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+def test_image_size_changes_the_input_and_the_dense_layer():
+    model = models.build_model(config.override(config.BASELINE, image_size=28))
+    # After two 2×2 poolings 28 → 7: the dense layer sees 7·7·64 = 3,136 inputs.
+    assert model.get_layer("features").count_params() == 3136 * 512 + 512
+
+
+def test_augmentation_is_random_in_training_and_inactive_at_inference():
+    images = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+    augment = pipeline.augmenter(config.AUGMENTED.augmentation, seed=0)
+    inference = augment(images, training=False)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(inference), images)
+    changed = keras.ops.convert_to_numpy(augment(images, training=True))
+    assert not np.allclose(changed, images)
+    model = models.build_model(config.AUGMENTED)
+    np.testing.assert_array_equal(
+        model.predict(images, verbose=0), model.predict(images, verbose=0)
+    )
+
+
+def test_saved_model_predicts_identically(tmp_path):
+    model = models.build_model(config.BATCHNORM, dtype_policy="mixed_bfloat16")
+    models.compile_model(model, config.BATCHNORM)
+    images = np.random.default_rng(1).random((8, 32, 32, 3)).astype(np.float32)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(
+        model.predict(images, verbose=0), loaded.predict(images, verbose=0)
+    )
+
+
+def test_a_training_step_gives_finite_weights_and_loss():
+    model = models.build_model(config.BATCHNORM)
+    models.compile_model(model, config.BATCHNORM)
+    images = np.random.default_rng(2).random((16, 32, 32, 3)).astype(np.float32)
+    labels = np.eye(10, dtype=np.float32)[np.arange(16) % 10]
+    loss = model.train_on_batch(images, labels)[0]
+    assert np.isfinite(loss)
+    assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
