@@ -81,42 +81,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def experiment_config(args: argparse.Namespace):
-    """The named experiment with the command line's overrides applied."""
-    from cifarlab import config
-
-    return config.override(
-        config.experiment(args.experiment),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        precision=args.precision,
-    )
+def _training_overrides(args: argparse.Namespace) -> dict:
+    """The config fields the command line sets; None means the experiment's own value."""
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "precision": args.precision,
+    }
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cifarlab import data, train
+    from cifarlab import api
 
-    config = experiment_config(args)
-    dataset = data.load_for(config, args.data, quiet=args.quiet)
-    out_dir = args.out or Path("runs") / config.name
-    train.run(config, out_dir, dataset, args.overwrite, args.quiet, args.tensorboard)
-    print(f"Run folder: {out_dir}")
+    run = api.train(
+        args.experiment,
+        path=args.data,
+        out=args.out,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        tensorboard=args.tensorboard,
+        **_training_overrides(args),
+    )
+    print(f"Run folder: {run.path}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cifarlab import data, evaluate
-    from cifarlab.config import Config
+    from cifarlab import api
 
-    config_path = args.run_dir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{args.run_dir} is not a run folder (it has no config.json).")
-    config = Config.load(config_path)
-    dataset = data.load_for(config, args.data)
-    evaluate.run(args.run_dir, dataset)
+    api.evaluate(args.run_dir, path=args.data)
     return 0
 
 

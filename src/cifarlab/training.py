@@ -18,7 +18,7 @@ from pathlib import Path
 
 import keras
 
-from cifarlab import environment, evaluate, models, pipeline
+from cifarlab import environment, evaluation, models, pipeline
 from cifarlab.config import Config
 from cifarlab.data import Dataset
 from cifarlab.errors import RunError, UserError
@@ -60,7 +60,7 @@ def run(
                 f"Training loss became NaN in {out_dir}; the best checkpoint so far is kept in "
                 "best.keras. Try a lower --learning-rate."
             )
-    return evaluate.run(out_dir, data, quiet=quiet)
+    return evaluation.run(out_dir, data, quiet=quiet)
 
 
 def prepare_folder(config: Config, out_dir: Path, overwrite: bool) -> None:

@@ -1,0 +1,94 @@
+"""The Python API: the functions the `cifarlab` command calls, for notebooks and scripts.
+
+    import cifarlab
+    data = cifarlab.load_data("cifar-10-python.tar.gz")
+    run = cifarlab.train("batchnorm", data=data, epochs=5, out="runs/batchnorm")
+    run.metrics["test"]["accuracy"]; run.plot_curves()
+
+Nothing here keeps global state: every call says what it works on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cifarlab import config as configs
+from cifarlab.data import Dataset
+from cifarlab.errors import UserError
+from cifarlab.runs import Run
+
+
+def load_data(
+    path: str | Path | None = None,
+    dataset: str = "cifar10",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    image_size: int = 32,
+    test_fraction: float = 0.2,
+    quiet: bool = False,
+) -> Dataset:
+    """Read and split a dataset: an official archive or folder, or the cache, or a download.
+
+    `val_fraction` of the training images (chosen by `seed`) become the validation set;
+    `test_fraction` applies only to datasets without their own test split.
+    """
+    from cifarlab import data
+
+    return data.load(path, dataset, val_fraction, seed, image_size, test_fraction, quiet)
+
+
+def experiment_config(experiment: str | configs.Config, **overrides: object) -> configs.Config:
+    """The named experiment ("baseline", "augmented", "batchnorm" or A/B/C) with overrides."""
+    base = experiment if isinstance(experiment, configs.Config) else configs.experiment(experiment)
+    return configs.override(base, **overrides)
+
+
+def train(
+    experiment: str | configs.Config,
+    data: Dataset | None = None,
+    out: str | Path | None = None,
+    path: str | Path | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    tensorboard: bool = False,
+    **overrides: object,
+) -> Run:
+    """Train one experiment into the run folder `out` (default `runs/<name>`) and evaluate it.
+
+    `overrides` replace config fields, e.g. `epochs=5, learning_rate=3e-3, seed=1`. Without
+    `data`, the dataset is loaded from `path` with the config's split settings. An interrupted
+    run in `out` resumes where it stopped.
+    """
+    from cifarlab import data as datasets
+    from cifarlab import training
+
+    if data is not None:
+        # A run records the split it trained on, so the data's split settings become the config's.
+        for key in ("seed", "val_fraction"):
+            if overrides.get(key, data.notes[key]) != data.notes[key]:
+                raise UserError(
+                    f"The data was split with {key}={data.notes[key]} but the run asks for "
+                    f"{key}={overrides[key]}; load the data with the same {key}."
+                )
+            overrides[key] = data.notes[key]
+    config = experiment_config(experiment, **overrides)
+    if data is None:
+        data = datasets.load_for(config, path, quiet=quiet)
+    out = Path(out) if out is not None else Path("runs") / config.name
+    training.run(config, out, data, overwrite=overwrite, quiet=quiet, tensorboard=tensorboard)
+    return Run(out)
+
+
+def evaluate(run: Run | str | Path, data: Dataset | None = None, path=None) -> dict:
+    """Evaluate a run's best checkpoint on every split again; returns the new metrics."""
+    from cifarlab import data as datasets
+    from cifarlab import evaluation
+
+    run = open_run(run)
+    data = data if data is not None else datasets.load_for(run.config, path)
+    return evaluation.run(run.path, data)
+
+
+def open_run(run: Run | str | Path) -> Run:
+    """A `Run` view of an existing run folder."""
+    return run if isinstance(run, Run) else Run(Path(run))

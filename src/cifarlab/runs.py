@@ -1,0 +1,91 @@
+"""A run folder as a Python object: its config, metrics, history and best model, read lazily.
+
+run = cifarlab.open_run("runs/baseline")
+run.metrics["test"]["accuracy"], run.history["val_loss"], run.plot_curves()
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from cifarlab.config import Config
+from cifarlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder: what was trained (`config`), how it went (`history`) and `metrics`."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        if not (Path(self.path) / "config.json").is_file():
+            raise UserError(f"{self.path} is not a run folder (it has no config.json).")
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @cached_property
+    def config(self) -> Config:
+        return Config.load(self.path / "config.json")
+
+    @property
+    def metrics(self) -> dict:
+        """The contents of `metrics.json`; empty until the run has been evaluated."""
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @property
+    def history(self) -> dict[str, np.ndarray]:
+        """Per-epoch columns of `history.csv` (loss, accuracy, val_loss, val_accuracy, ...)."""
+        from cifarlab.training import read_history
+
+        rows = read_history(self.path / "history.csv")
+        keys = rows[0].keys() if rows else ()
+        return {key: np.array([row[key] for row in rows]) for key in keys}
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / "metrics.json").is_file()
+
+    def model(self):
+        """The best checkpoint as a `keras.Model`."""
+        from cifarlab.evaluation import load_best
+
+        return load_best(self.path)
+
+    def plot_curves(self):
+        """Training and validation accuracy and loss per epoch, as a matplotlib Figure."""
+        from cifarlab import plots
+
+        return plots.curves_figure(self.history, self.metrics.get("best_epoch"), self.name)
+
+    def __repr__(self) -> str:
+        test = self.metrics.get("test", {})
+        accuracy = f", test accuracy {test['accuracy']:.2%}" if test else ""
+        return f"Run({str(self.path)!r}, {self.name}{accuracy})"
+
+    def _repr_html_(self) -> str:
+        metrics = self.metrics
+        if not metrics:
+            return f"<p>Run <code>{html.escape(str(self.path))}</code> (not evaluated yet)</p>"
+        cells = "".join(
+            f"<tr><td>{split}</td><td>{metrics[split]['loss']:.4f}</td>"
+            f"<td>{metrics[split]['accuracy']:.2%}</td></tr>"
+            for split in ("train", "val", "test")
+        )
+        verdict = metrics.get("diagnosis", {}).get("verdict", "")
+        return (
+            f"<p><b>{html.escape(self.name)}</b> — <code>{html.escape(str(self.path))}</code>, "
+            f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
+            f"{', ' + html.escape(verdict) if verdict else ''}</p>"
+            f"<table><tr><th>split</th><th>loss</th><th>accuracy</th></tr>{cells}</table>"
+        )
