@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifarlab import diagnosis, plots, render
+from cifarlab.config import EXPERIMENTS
 from cifarlab.errors import UserError
 
 # One results row per run; the columns in order. Later additions go at the end.
@@ -91,11 +92,17 @@ def run_folders(paths: list[str | Path]) -> list[Path]:
         if (path / "config.json").is_file() or not path.is_dir():
             found.append(path)
             continue
-        inside = sorted(child.parent for child in path.glob("*/metrics.json"))
+        inside = sorted((child.parent for child in path.glob("*/metrics.json")), key=_study_order)
         if not inside:
             raise UserError(f"{path} is neither a run folder nor a folder of finished runs.")
         found.extend(inside)
     return found
+
+
+def _study_order(run_dir: Path) -> tuple[int, str]:
+    """The notebook's experiment order (baseline, augmented, batchnorm), then other names."""
+    known = list(EXPERIMENTS)
+    return (known.index(run_dir.name) if run_dir.name in known else len(known), run_dir.name)
 
 
 def default_out_dir(run_dirs: list[Path]) -> Path:
