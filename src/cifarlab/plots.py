@@ -140,7 +140,7 @@ def per_class(scores: dict[str, dict], path: Path) -> Path:
 def image_grid(images, titles: list[str], path: Path, columns: int = 5, title: str = "") -> Path:
     """uint8 images in a grid, each under its title; shared by samples, errors and augmentation."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.7 * rows), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < len(images):

@@ -32,8 +32,8 @@ COLUMNS = {  # Results column: (heading, format).
 DIAGNOSIS_COLUMNS = {  # Diagnosis number: (heading, format).
     "best_epoch": ("Min. val. loss at epoch", "{}"),
     "val_loss_rise_percent": ("Val. loss rise since min.", "{:.1f}%"),
-    "accuracy_gap_best": ("Acc. gap at best", "{:.1%}"),
-    "accuracy_gap_final": ("Acc. gap at end", "{:.1%}"),
+    "accuracy_gap_best": ("Acc. gap at best", "{:.1f} pt", 100),
+    "accuracy_gap_final": ("Acc. gap at end", "{:.1f} pt", 100),
     "loss_gap_best": ("Loss gap at best", "{:.3f}"),
     "loss_gap_final": ("Loss gap at end", "{:.3f}"),
     "train_loss_final": ("Train loss at end", "{:.3f}"),
@@ -52,6 +52,18 @@ FIGURE_CAPTIONS = {
     "errors.png": "The test images the model got wrong most confidently.",
     "features.png": "Penultimate-layer (512-d) features of test images, projected to 2-D.",
 }
+SCORES_NOTE = (
+    "Scores are those of each run's saved checkpoint (its epoch of lowest validation loss), "
+    "evaluated without dropout or augmentation; the diagnosis reads the per-epoch curves "
+    "recorded during training. Timings are wall-clock on the hardware below, shared or not."
+)
+DIAGNOSIS_NOTE = (
+    "Read from the per-epoch history. Accuracy gap: training minus validation accuracy, in "
+    "percentage points (pt); loss gap: validation minus training loss; 'best' is the epoch of "
+    "minimum validation loss. Roughness: the mean epoch-to-epoch change beyond the curve's "
+    "trend, zero for a curve that only falls."
+)
+WIDE_FIGURES = ("curves.png", "errors.png", "augmentation.png")  # Too detailed for half width.
 MARKS = {True: "agrees", False: "contradicts", None: "no clear difference"}
 CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2933;
@@ -71,7 +83,8 @@ tr:hover td { background: #fafbfc; }
 .no-clear-difference { color: #52606d; }
 figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #e4e7eb; }
 figcaption { color: #52606d; font-size: 14px; } .missing { color: #a61b1b; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 1rem; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 1rem; }
+.wide { grid-column: 1 / -1; }
 """
 
 
@@ -88,9 +101,11 @@ class Page:
 
 
 def cell(column: str, value, columns: dict = COLUMNS) -> str:
+    """A value as its column shows it; an optional third entry scales it (100: to points)."""
     if value is None:
         return "–"
-    return columns[column][1].format(value)
+    _, template, *scale = columns[column]
+    return template.format(value * scale[0] if scale else value)
 
 
 def diagnosis_value(diagnosis: dict, key: str):
@@ -171,7 +186,7 @@ def markdown(page: Page) -> str:
     names = ", ".join(run.name for run in page.runs)
     lines = [f"# cifarlab study: {names}", ""]
     lines += [f"- **{label}:** {text}" for label, text in context_lines(page)]
-    lines += ["", "## Results", "", _markdown_table(COLUMNS, page.rows), ""]
+    lines += ["", "## Results", "", _markdown_table(COLUMNS, page.rows), "", SCORES_NOTE, ""]
     lines += ["## Diagnosis", "", "Verdict rules:", ""]
     lines += [f"- {rule}" for rule in page.rules]
     rows = [
@@ -179,7 +194,7 @@ def markdown(page: Page) -> str:
         for name, d in page.diagnoses.items()
     ]
     columns = {"experiment": ("Experiment", "{}"), **DIAGNOSIS_COLUMNS}
-    lines += ["", _markdown_table(columns, rows), ""]
+    lines += ["", _markdown_table(columns, rows), "", DIAGNOSIS_NOTE, ""]
     for name, result in page.diagnoses.items():
         lines.append(f"- **{name}: {result['verdict']}.** " + " ".join(result["reasons"]))
     if page.comparisons:
@@ -197,7 +212,7 @@ def markdown(page: Page) -> str:
 
 
 def _markdown_table(columns: dict, rows: list[dict]) -> str:
-    header = "| " + " | ".join(heading for heading, _ in columns.values()) + " |"
+    header = "| " + " | ".join(spec[0] for spec in columns.values()) + " |"
     rule = "|" + "|".join("---" if key == "experiment" else "---:" for key in columns) + "|"
     body = [
         "| " + " | ".join(cell(key, row[key], columns) for key in columns) + " |" for row in rows
@@ -216,6 +231,7 @@ def html(page: Page) -> str:
     ]
     parts += [f"<b>{escape(label)}:</b> {escape(text)}<br>" for label, text in context_lines(page)]
     parts += ["</p><h2>Results</h2>", _html_table(COLUMNS, page.rows)]
+    parts.append(f"<p class='context'>{html_escape(SCORES_NOTE)}</p>")
     parts += ["<h2>Diagnosis</h2><p>Verdict rules, applied to each run's history:</p><ul>"]
     parts += [f"<li>{escape(rule)}</li>" for rule in page.rules] + ["</ul>"]
     rows = [
@@ -223,6 +239,7 @@ def html(page: Page) -> str:
         for name, d in page.diagnoses.items()
     ]
     parts.append(_html_table({"experiment": ("Experiment", "{}"), **DIAGNOSIS_COLUMNS}, rows))
+    parts.append(f"<p class='context'>{html_escape(DIAGNOSIS_NOTE)}</p>")
     for name, result in page.diagnoses.items():
         parts.append(
             f"<p><b>{escape(name)}</b> {_badge(result['verdict'])} "
@@ -255,7 +272,7 @@ def _badge(verdict: str) -> str:
 
 
 def _html_table(columns: dict, rows: list[dict]) -> str:
-    head = "".join(f"<th>{html_escape(heading)}</th>" for heading, _ in columns.values())
+    head = "".join(f"<th>{html_escape(spec[0])}</th>" for spec in columns.values())
     body = []
     for row in rows:
         cells = []
