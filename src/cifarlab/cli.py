@@ -3,6 +3,8 @@
     cifarlab train baseline --data cifar-10-python.tar.gz --epochs 50
     cifarlab evaluate runs/baseline --data cifar-10-python.tar.gz
     cifarlab data info --data cifar-10-python.tar.gz
+    cifarlab study --data cifar-10-python.tar.gz --out runs --epochs 50
+    cifarlab report runs/baseline runs/augmented runs/batchnorm --out runs
 
 Errors reach the user as one sentence: exit code 2 for bad input, 1 for failures.
 """
@@ -78,6 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     info = data_commands.add_parser("info", help="where the data is; counts per split and class")
     add_data_options(info)
     info.set_defaults(handler=_data_info)
+
+    study = commands.add_parser("study", help="run the experiments, then write their report")
+    study.add_argument("--out", type=Path, default=Path("runs"), help="study folder (default runs)")
+    study.add_argument(
+        "--experiments", default="baseline,augmented,batchnorm", help="comma-separated names"
+    )
+    study.add_argument(
+        "--projection", choices=("pca", "tsne"), default="pca", help="for features.png"
+    )
+    add_data_options(study)
+    study.add_argument("--epochs", type=positive_int, help="epochs per experiment (default 50)")
+    study.add_argument(
+        "--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto"
+    )
+    study.add_argument("--quiet", action="store_true", help="one log line per epoch")
+    study.set_defaults(handler=_study)
+
+    report = commands.add_parser("report", help="rebuild the report from run folders")
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="run folders, or a study folder holding them")  # fmt: skip
+    report.add_argument("--out", type=Path, help="report folder (default: the runs' folder)")
+    report.set_defaults(handler=_report)
     return parser
 
 
@@ -121,6 +145,32 @@ def _data_info(args: argparse.Namespace) -> int:
 
     dataset = data.load(args.data, val_fraction=args.val_fraction, seed=args.seed)
     print(data.describe(dataset))
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from cifarlab import study
+
+    written = study.run(
+        experiments=args.experiments.split(","),
+        out_dir=args.out,
+        data=args.data,
+        epochs=args.epochs,
+        seed=args.seed,
+        quiet=args.quiet,
+        precision=args.precision,
+        val_fraction=args.val_fraction,
+        projection=args.projection,
+    )
+    print(f"Report: {written['report.html']}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cifarlab import report
+
+    written = report.build(args.run_dirs, args.out)
+    print(f"Report: {written['report.html']}")
     return 0
 
 

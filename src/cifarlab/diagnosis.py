@@ -1,0 +1,231 @@
+"""The notebook's questions G and I, computed: is a run over- or underfitting, and what did each
+change (augmentation, batch normalization) do to the curves?
+
+Pure functions on a run's history (the rows of `history.csv`): `diagnose` gives the numbers and
+a verdict by the rules below; `compare` turns two runs' numbers into sentences that quote them
+and say whether the data agrees with the textbook. Nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# A validation loss that ends this many percent above its minimum has turned upward: the model
+# fits its training images at the expense of unseen ones.
+OVERFIT_VAL_LOSS_RISE_PERCENT = 10.0
+# Training accuracy this far above validation accuracy at the end (10 percentage points) means
+# the model knows its training images much better than unseen ones.
+OVERFIT_ACCURACY_GAP = 0.10
+# Chance loss is ln(num_classes), the cross-entropy of guessing every class equally likely. A
+# model whose training and validation losses both end at or above this share of it has not yet
+# learned even its training images.
+UNDERFIT_LOSS_SHARE = 0.5
+# The "early" training loss is read after this share of the epochs (at least one), so two runs
+# of equal length are compared at the same point of their descent.
+EARLY_SHARE = 0.25
+
+VERDICTS = ("overfitting", "underfitting", "good fit")
+CURVES = ("loss", "val_loss", "accuracy", "val_accuracy")
+
+
+def rules(num_classes: int | None = None) -> list[str]:
+    """The verdict rules as sentences, with their thresholds, for the report."""
+    chance = f"ln({num_classes}) = {math.log(num_classes):.3f}" if num_classes else "ln(classes)"
+    return [
+        f"overfitting: the validation loss ends at least {OVERFIT_VAL_LOSS_RISE_PERCENT:g}% above "
+        f"its minimum, or training accuracy ends at least {OVERFIT_ACCURACY_GAP * 100:g} "
+        "percentage points above validation accuracy.",
+        f"underfitting (if not overfitting): training and validation loss both end at or above "
+        f"{UNDERFIT_LOSS_SHARE:g} × the chance loss {chance}.",
+        "good fit: neither of the above.",
+    ]
+
+
+def diagnose(history: list[dict], num_classes: int) -> dict:
+    """The numbers behind the verdict, the verdict itself and the reasons, quoting the numbers.
+
+    `history` holds one row per epoch with `loss`, `val_loss`, `accuracy` and `val_accuracy`.
+    Epochs are counted from 1. Accuracies are fractions; gaps are training minus validation
+    for accuracy and validation minus training for loss, so a positive gap favours training.
+    """
+    if not history:
+        raise ValueError("A diagnosis needs at least one epoch of history.")
+    curves = {name: [float(row[name]) for row in history] for name in CURVES}
+    val_loss, train_loss = curves["val_loss"], curves["loss"]
+    best = min(range(len(val_loss)), key=val_loss.__getitem__)
+    early = max(1, math.ceil(EARLY_SHARE * len(train_loss)))
+    numbers = {
+        "epochs": len(history),
+        "best_epoch": best + 1,
+        "val_loss_min": val_loss[best],
+        "val_loss_final": val_loss[-1],
+        "val_loss_rise_percent": 100.0 * (val_loss[-1] - val_loss[best]) / val_loss[best],
+        "accuracy_gap_best": curves["accuracy"][best] - curves["val_accuracy"][best],
+        "accuracy_gap_final": curves["accuracy"][-1] - curves["val_accuracy"][-1],
+        "loss_gap_best": val_loss[best] - train_loss[best],
+        "loss_gap_final": val_loss[-1] - train_loss[-1],
+        "train_loss_final": train_loss[-1],
+        "train_loss_min": min(train_loss),
+        "early_epoch": early,
+        "train_loss_early": train_loss[early - 1],
+        "chance_loss": math.log(num_classes),
+        "smoothness": {name: smoothness(values) for name, values in curves.items()},
+    }
+    verdict, reasons = judge(numbers)
+    return {**numbers, "verdict": verdict, "reasons": reasons}
+
+
+def smoothness(values: list[float]) -> dict:
+    """How a curve moves from epoch to epoch.
+
+    `mean_abs_change` is the mean absolute epoch-to-epoch change. `roughness` is the part of it
+    that goes up and down rather than along the trend, (Σ|Δ| − |ΣΔ|) / (epochs − 1): zero for a
+    curve that only falls (or only rises), larger the more it zig-zags.
+    """
+    steps = [after - before for before, after in zip(values, values[1:], strict=False)]
+    if not steps:
+        return {"mean_abs_change": 0.0, "roughness": 0.0}
+    travel = sum(abs(step) for step in steps)
+    return {
+        "mean_abs_change": travel / len(steps),
+        "roughness": (travel - abs(sum(steps))) / len(steps),
+    }
+
+
+def judge(numbers: dict) -> tuple[str, list[str]]:
+    """The verdict by the rules of `rules()`, and the sentences that justify it."""
+    rise = numbers["val_loss_rise_percent"]
+    gap = numbers["accuracy_gap_final"]
+    rise_sentence = (
+        f"Validation loss was lowest at epoch {numbers['best_epoch']} "
+        f"({numbers['val_loss_min']:.3f}) and ended at {numbers['val_loss_final']:.3f}, "
+        f"{rise:.1f}% above that minimum (threshold {OVERFIT_VAL_LOSS_RISE_PERCENT:g}%)."
+    )
+    gap_sentence = (
+        f"Training accuracy ended {gap * 100:.1f} percentage points above validation accuracy "
+        f"(threshold {OVERFIT_ACCURACY_GAP * 100:g})."
+    )
+    if rise >= OVERFIT_VAL_LOSS_RISE_PERCENT or gap >= OVERFIT_ACCURACY_GAP:
+        return "overfitting", [rise_sentence, gap_sentence]
+    floor = UNDERFIT_LOSS_SHARE * numbers["chance_loss"]
+    loss_sentence = (
+        f"Training loss ended at {numbers['train_loss_final']:.3f} and validation loss at "
+        f"{numbers['val_loss_final']:.3f}, against {floor:.3f} = {UNDERFIT_LOSS_SHARE:g} × the "
+        f"chance loss {numbers['chance_loss']:.3f}."
+    )
+    if min(numbers["train_loss_final"], numbers["val_loss_final"]) >= floor:
+        return "underfitting", [loss_sentence, rise_sentence]
+    return "good fit", [rise_sentence, gap_sentence, loss_sentence]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One number compared between a candidate run and a reference run."""
+
+    key: str  # A number in each run's diagnosis; dots reach into nested values.
+    description: str  # What the number is, as the sentence's subject.
+    expectation: str  # The textbook's claim, completing "the textbook expects that ...".
+    tolerance: float  # Differences within this many display units count as no change.
+    unit: str = ""  # Display unit after scaling, e.g. "points" or "%".
+    scale: float = 1.0  # Multiplies the stored value for display (100: fraction to points).
+    expected: str = "lower"  # Whether the textbook expects the candidate's number lower or higher.
+
+
+AUGMENTATION_COMPARISONS = (
+    Comparison("accuracy_gap_final", "The train–validation accuracy gap at the end",
+               "augmentation narrows the gap", tolerance=1.0, unit=" points", scale=100.0),
+    Comparison("loss_gap_final", "The validation-minus-training loss gap at the end",
+               "augmentation narrows the gap", tolerance=0.02),
+    Comparison("val_loss_rise_percent", "The validation loss's rise from its minimum to the end",
+               "augmentation stops the validation loss from rising", tolerance=2.0, unit="%"),
+)  # fmt: skip
+BATCHNORM_COMPARISONS = (
+    Comparison("train_loss_final", "The training loss at the end",
+               "batch normalization trains to a lower loss", tolerance=0.02),
+    Comparison("train_loss_early", "The training loss after the first quarter of the epochs",
+               "batch normalization makes the training loss fall faster", tolerance=0.02),
+    Comparison("smoothness.loss.roughness", "The training loss's roughness (ups and downs "
+               "beyond its trend, per epoch)", "batch normalization makes the training loss "
+               "fall more smoothly", tolerance=0.005),
+)  # fmt: skip
+# (candidate, reference) experiment names and what to compare between them.
+COMPARISONS = {
+    ("augmented", "baseline"): AUGMENTATION_COMPARISONS,
+    ("batchnorm", "baseline"): BATCHNORM_COMPARISONS,
+}
+
+
+def value(diagnosis: dict, key: str) -> float:
+    """The number at `key` in a diagnosis; "a.b" reads `diagnosis["a"]["b"]`."""
+    for part in key.split("."):
+        diagnosis = diagnosis[part]
+    return float(diagnosis)
+
+
+def compare(diagnoses: dict[str, dict]) -> list[dict]:
+    """Every comparison of `COMPARISONS` whose two runs are present, as report entries.
+
+    Each entry has the candidate, reference, key, `agrees` (True, False, or None when the
+    difference is within tolerance) and the sentence.
+    """
+    entries = []
+    for (candidate, reference), comparisons in COMPARISONS.items():
+        if candidate not in diagnoses or reference not in diagnoses:
+            continue
+        for comparison in comparisons:
+            candidate_value = value(diagnoses[candidate], comparison.key)
+            reference_value = value(diagnoses[reference], comparison.key)
+            agrees = agreement(comparison, reference_value, candidate_value)
+            sentence_text = sentence(
+                comparison, reference, reference_value, candidate, candidate_value
+            )
+            entries.append(
+                {
+                    "candidate": candidate,
+                    "reference": reference,
+                    "key": comparison.key,
+                    "agrees": agrees,
+                    "sentence": sentence_text,
+                }
+            )
+    return entries
+
+
+def agreement(comparison: Comparison, reference_value: float, candidate_value: float):
+    """True if the candidate moved as the textbook expects, False if the other way, None if tied."""
+    difference = (candidate_value - reference_value) * comparison.scale
+    if abs(difference) <= comparison.tolerance:
+        return None
+    return (difference < 0) == (comparison.expected == "lower")
+
+
+def sentence(
+    comparison: Comparison,
+    reference: str,
+    reference_value: float,
+    candidate: str,
+    candidate_value: float,
+) -> str:
+    """One sentence comparing two runs' values of one number, quoting both and the difference."""
+    shown = comparison.scale
+    unit = comparison.unit
+    difference = (candidate_value - reference_value) * shown
+    numbers = (
+        f"{comparison.description}: {candidate} {candidate_value * shown:.3g}{unit}, "
+        f"{reference} {reference_value * shown:.3g}{unit}"
+    )
+    agrees = agreement(comparison, reference_value, candidate_value)
+    if agrees is None:
+        return (
+            f"{numbers}; no clear difference (within {comparison.tolerance:g}{unit}), although "
+            f"the textbook expects that {comparison.expectation}."
+        )
+    direction = "lower" if difference < 0 else "higher"
+    change = f"{candidate} is {abs(difference):.3g}{unit} {direction}"
+    if agrees:
+        return f"{numbers}; {change}, as the textbook expects ({comparison.expectation})."
+    return (
+        f"{numbers}; {change}. This contradicts the textbook expectation that "
+        f"{comparison.expectation}: in this run the data shows the opposite."
+    )
