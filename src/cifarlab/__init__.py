@@ -13,7 +13,10 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["Run", "evaluate", "experiment_config", "load_data", "open_run", "train"]
+__all__ = [
+    "Run", "Study", "build_report", "evaluate", "experiment_config", "load_data", "open_run",
+    "study", "train",
+]  # fmt: skip
 
 
 def __getattr__(name: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 from cifarlab import config as configs
 from cifarlab.data import Dataset
 from cifarlab.errors import UserError
-from cifarlab.runs import Run
+from cifarlab.runs import Run, Study
 
 
 def load_data(
@@ -92,3 +92,35 @@ def evaluate(run: Run | str | Path, data: Dataset | None = None, path=None) -> d
 def open_run(run: Run | str | Path) -> Run:
     """A `Run` view of an existing run folder."""
     return run if isinstance(run, Run) else Run(Path(run))
+
+
+def study(
+    experiments: tuple[str, ...] | list[str] = ("baseline", "augmented", "batchnorm"),
+    data: Dataset | None = None,
+    out: str | Path = "runs",
+    path: str | Path | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    precision: str | None = None,
+    projection: str = "pca",
+    quiet: bool = False,
+) -> Study:
+    """Train (or reuse) each experiment under `out`, draw its figures, and write the report.
+
+    Finished runs in `out` are reused and an interrupted one resumes. In Jupyter the returned
+    `Study` shows its results table and diagnosis.
+    """
+    from cifarlab import studies
+
+    studies.run(
+        experiments, out, data=data, path=path, epochs=epochs, seed=seed, quiet=quiet,
+        precision=precision, projection=projection,
+    )  # fmt: skip
+    return Study(Path(out))
+
+
+def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Path]:
+    """Rebuild the report (HTML, Markdown, CSV, JSON, figures) from finished run folders."""
+    from cifarlab import report
+
+    return report.build(run_dirs, out)

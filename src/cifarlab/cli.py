@@ -149,27 +149,28 @@ def _data_info(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from cifarlab import study
+    from cifarlab import api
 
-    written = study.run(
-        experiments=args.experiments.split(","),
-        out_dir=args.out,
-        data=args.data,
-        epochs=args.epochs,
-        seed=args.seed,
-        quiet=args.quiet,
-        precision=args.precision,
-        val_fraction=args.val_fraction,
-        projection=args.projection,
+    dataset = api.load_data(
+        args.data, val_fraction=args.val_fraction, seed=args.seed, quiet=args.quiet
     )
-    print(f"Report: {written['report.html']}")
+    study = api.study(
+        args.experiments.split(","),
+        data=dataset,
+        out=args.out,
+        epochs=args.epochs,
+        precision=args.precision,
+        projection=args.projection,
+        quiet=args.quiet,
+    )
+    print(f"Report: {study.report}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cifarlab import report
+    from cifarlab import api
 
-    written = report.build(args.run_dirs, args.out)
+    written = api.build_report(args.run_dirs, args.out)
     print(f"Report: {written['report.html']}")
     return 0
 

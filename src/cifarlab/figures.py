@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifarlab import evaluate, models, pipeline, plots, report
+from cifarlab import evaluation, models, pipeline, plots, report
 from cifarlab.config import Config
 from cifarlab.data import Dataset
 
@@ -54,7 +54,7 @@ def write_features(run_dir: Path, data: Dataset, projection: str, seed: int) -> 
     """`features.png`: the best checkpoint's penultimate features of test images, in 2-D."""
     count = min(FEATURE_IMAGES, len(data.y_test))
     chosen = np.sort(np.random.default_rng(seed).choice(len(data.y_test), count, replace=False))
-    extractor = models.feature_extractor(evaluate.load_best(run_dir))
+    extractor = models.feature_extractor(evaluation.load_best(run_dir))
     features = extractor.predict(pipeline.image_batches(data.x_test[chosen]), verbose=0)
     points = plots.project(np.asarray(features, dtype=np.float32), projection, seed)
     return plots.features(

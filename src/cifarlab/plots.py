@@ -9,11 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # Draw to files only; a study runs on servers without a display.
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 DPI = 110  # Sharp enough to read on a laptop screen, small enough to embed in the report.
 LOSS_LABEL = "Categorical cross-entropy loss"
@@ -21,34 +18,51 @@ TRAIN_STYLE = {"linestyle": "-", "marker": "o", "markersize": 3}
 VAL_STYLE = {"linestyle": "--", "marker": "s", "markersize": 3}
 
 
-def _save(figure, path: Path) -> Path:
+def _subplots(*grid: int, figsize: tuple[float, float], **options):
+    """A figure and its axes without pyplot: no global state, no display, safe in threads.
+
+    Figures returned to a notebook still show inline, since Jupyter displays `Figure` objects.
+    """
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*grid, **options)
+
+
+def _save(figure: Figure, path: Path) -> Path:
     path = Path(path)
     figure.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
-    plt.close(figure)
     return path
 
 
 def class_colours(num_classes: int) -> list:
     """Distinct colours, one per class: tab10 or tab20 where they suffice, else a spread."""
     if num_classes <= 10:
-        return [plt.get_cmap("tab10")(index) for index in range(num_classes)]
+        return [matplotlib.colormaps["tab10"](index) for index in range(num_classes)]
     if num_classes <= 20:
-        return [plt.get_cmap("tab20")(index) for index in range(num_classes)]
-    return [plt.get_cmap("turbo")(value) for value in np.linspace(0.05, 0.95, num_classes)]
+        return [matplotlib.colormaps["tab20"](index) for index in range(num_classes)]
+    return [matplotlib.colormaps["turbo"](value) for value in np.linspace(0.05, 0.95, num_classes)]
 
 
 def curves(history: list[dict], best_epoch: int, path: Path, title: str = "") -> Path:
     """Accuracy and loss, training vs validation per epoch, the saved checkpoint's epoch marked."""
+    return _save(curves_figure(history, best_epoch, title), path)
+
+
+def curves_figure(history: list[dict], best_epoch: int, title: str = "") -> Figure:
+    """The figure `curves` saves: the notebook's `plot_curve` with the loss named correctly."""
     epochs = np.arange(1, len(history) + 1)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = _subplots(1, 2, figsize=(11, 4))
     for axis, metric, label in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", LOSS_LABEL)):
         axis.plot(epochs, [row[metric] for row in history], label="Training", **TRAIN_STYLE)
         axis.plot(
             epochs, [row[f"val_{metric}"] for row in history], label="Validation", **VAL_STYLE
         )
-        axis.axvline(
-            best_epoch, color="grey", linestyle=":", label=f"Saved checkpoint (epoch {best_epoch})"
-        )
+        if best_epoch:
+            axis.axvline(
+                best_epoch,
+                color="grey",
+                linestyle=":",
+                label=f"Saved checkpoint (epoch {best_epoch})",
+            )
         axis.set_xlabel("Epoch")
         axis.set_ylabel(label)
         axis.set_title(label.split()[-1].capitalize() if metric == "loss" else label)
@@ -57,13 +71,13 @@ def curves(history: list[dict], best_epoch: int, path: Path, title: str = "") ->
         axis.legend()
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return figure
 
 
 def compare(histories: dict[str, list[dict]], metric: str, path: Path) -> Path:
     """All runs' training (solid) and validation (dashed) curves of `metric`, overlaid."""
-    figure, axis = plt.subplots(figsize=(8, 5))
-    colours = plt.get_cmap("tab10")
+    figure, axis = _subplots(figsize=(8, 5))
+    colours = matplotlib.colormaps["tab10"]
     for index, (name, history) in enumerate(histories.items()):
         epochs = np.arange(1, len(history) + 1)
         colour = colours(index % 10)
@@ -95,7 +109,7 @@ def confusion(matrix, class_names, path: Path) -> Path:
     totals = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
     size = max(5.0, 0.55 * len(class_names) + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
+    figure, axis = _subplots(figsize=(size + 1, size))
     image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="Share of the true class")
     ticks = np.arange(len(class_names))
@@ -121,7 +135,7 @@ def per_class(scores: dict[str, dict], path: Path) -> Path:
     """Per-class precision and recall as grouped bars, classes by name."""
     names = list(scores)
     positions = np.arange(len(names))
-    figure, axis = plt.subplots(figsize=(max(7.0, 0.6 * len(names) + 2), 4.5))
+    figure, axis = _subplots(figsize=(max(7.0, 0.6 * len(names) + 2), 4.5))
     width = 0.4
     for offset, metric in ((-width / 2, "precision"), (width / 2, "recall")):
         axis.bar(
@@ -140,7 +154,7 @@ def per_class(scores: dict[str, dict], path: Path) -> Path:
 def image_grid(images, titles: list[str], path: Path, columns: int = 5, title: str = "") -> Path:
     """uint8 images in a grid, each under its title; shared by samples, errors and augmentation."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.7 * rows), squeeze=False)
+    figure, axes = _subplots(rows, columns, figsize=(2.2 * columns, 2.7 * rows), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < len(images):
@@ -175,7 +189,7 @@ def errors(images, labels, probabilities, class_names, path: Path, count: int = 
     wrong = np.flatnonzero(predicted != labels)
     chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
     if len(chosen) == 0:
-        figure, axis = plt.subplots(figsize=(5, 2))
+        figure, axis = _subplots(figsize=(5, 2))
         axis.axis("off")
         axis.text(0.5, 0.5, "No mistakes on the test set.", ha="center", va="center")
         return _save(figure, path)
@@ -205,7 +219,7 @@ def project(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndar
 
 def features(points: np.ndarray, labels, class_names, path: Path, method: str = "pca") -> Path:
     """2-D projected features, one colour per class, with a legend of class names."""
-    figure, axis = plt.subplots(figsize=(8, 6.5))
+    figure, axis = _subplots(figsize=(8, 6.5))
     for index, (name, colour) in enumerate(
         zip(class_names, class_colours(len(class_names)), strict=True)
     ):

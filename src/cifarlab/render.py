@@ -230,7 +230,7 @@ def html(page: Page) -> str:
         f"<h1>cifarlab study: {escape(names)}</h1><p class='context'>",
     ]
     parts += [f"<b>{escape(label)}:</b> {escape(text)}<br>" for label, text in context_lines(page)]
-    parts += ["</p><h2>Results</h2>", _html_table(COLUMNS, page.rows)]
+    parts += ["</p><h2>Results</h2>", html_table(COLUMNS, page.rows)]
     parts.append(f"<p class='context'>{html_escape(SCORES_NOTE)}</p>")
     parts += ["<h2>Diagnosis</h2><p>Verdict rules, applied to each run's history:</p><ul>"]
     parts += [f"<li>{escape(rule)}</li>" for rule in page.rules] + ["</ul>"]
@@ -238,7 +238,7 @@ def html(page: Page) -> str:
         {"experiment": name, **{key: diagnosis_value(d, key) for key in DIAGNOSIS_COLUMNS}}
         for name, d in page.diagnoses.items()
     ]
-    parts.append(_html_table({"experiment": ("Experiment", "{}"), **DIAGNOSIS_COLUMNS}, rows))
+    parts.append(html_table({"experiment": ("Experiment", "{}"), **DIAGNOSIS_COLUMNS}, rows))
     parts.append(f"<p class='context'>{html_escape(DIAGNOSIS_NOTE)}</p>")
     for name, result in page.diagnoses.items():
         parts.append(
@@ -271,7 +271,7 @@ def _badge(verdict: str) -> str:
     return f"<span class='verdict {verdict.replace(' ', '-')}'>{html_escape(verdict)}</span>"
 
 
-def _html_table(columns: dict, rows: list[dict]) -> str:
+def html_table(columns: dict, rows: list[dict]) -> str:
     head = "".join(f"<th>{html_escape(spec[0])}</th>" for spec in columns.values())
     body = []
     for row in rows:

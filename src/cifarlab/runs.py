@@ -65,8 +65,10 @@ class Run:
     def plot_curves(self):
         """Training and validation accuracy and loss per epoch, as a matplotlib Figure."""
         from cifarlab import plots
+        from cifarlab.training import read_history
 
-        return plots.curves_figure(self.history, self.metrics.get("best_epoch"), self.name)
+        history = read_history(self.path / "history.csv")
+        return plots.curves_figure(history, self.metrics.get("best_epoch"), self.name)
 
     def __repr__(self) -> str:
         test = self.metrics.get("test", {})
@@ -88,4 +90,57 @@ class Run:
             f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
             f"{', ' + html.escape(verdict) if verdict else ''}</p>"
             f"<table><tr><th>split</th><th>loss</th><th>accuracy</th></tr>{cells}</table>"
+        )
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study folder: one run folder per experiment and the report built from them."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        if not (Path(self.path) / "results.json").is_file():
+            raise UserError(f"{self.path} holds no study report (no results.json).")
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def results(self) -> list[dict]:
+        """One row per run, as in `results.csv`."""
+        return json.loads((self.path / "results.json").read_text())
+
+    @property
+    def runs(self) -> dict[str, Run]:
+        """The study's runs by experiment name."""
+        return {row["experiment"]: Run(self.path / row["experiment"]) for row in self.results}
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def comparisons(self) -> list[dict]:
+        """The diagnosis's comparison sentences, each with whether it agrees with the textbook."""
+        from cifarlab import diagnosis
+
+        diagnoses = {name: run.metrics["diagnosis"] for name, run in self.runs.items()}
+        return diagnosis.compare(diagnoses)
+
+    def __repr__(self) -> str:
+        return f"Study({str(self.path)!r}, {', '.join(self.runs)})"
+
+    def _repr_html_(self) -> str:
+        from cifarlab import render
+
+        verdicts = "".join(
+            f"<li><b>{html.escape(name)}</b>: {html.escape(run.metrics['diagnosis']['verdict'])}"
+            "</li>"
+            for name, run in self.runs.items()
+        )
+        sentences = "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in self.comparisons)
+        return (
+            f"{render.html_table(render.COLUMNS, self.results)}"
+            f"<p><b>Verdicts</b></p><ul>{verdicts}</ul>"
+            f"<p><b>What each change did</b></p><ul>{sentences}</ul>"
+            f"<p>Full report: <code>{html.escape(str(self.report))}</code></p>"
         )

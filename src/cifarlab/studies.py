@@ -15,8 +15,9 @@ from pathlib import Path
 
 from cifarlab import config as configs
 from cifarlab import data as datasets
-from cifarlab import diagnosis, figures, report, train
+from cifarlab import diagnosis, figures, report, training
 from cifarlab.config import Config
+from cifarlab.data import Dataset
 from cifarlab.errors import UserError
 
 DEFAULT_EXPERIMENTS = ("baseline", "augmented", "batchnorm")
@@ -26,7 +27,8 @@ PROJECTIONS = ("pca", "tsne")
 def run(
     experiments: list[str] | tuple[str, ...] = DEFAULT_EXPERIMENTS,
     out_dir: str | Path = "runs",
-    data: str | Path | None = None,
+    data: Dataset | None = None,
+    path: str | Path | None = None,
     epochs: int | None = None,
     seed: int = 0,
     quiet: bool = False,
@@ -36,13 +38,16 @@ def run(
 ) -> dict:
     """Train (or reuse) each experiment under `out_dir`, then build the report; return its paths.
 
-    `data` is the dataset archive or folder (None: `$CIFARLAB_DATA`, the cache, or download).
+    `data` is a loaded dataset (its split settings then apply); without it the dataset is read
+    from `path` (None: `$CIFARLAB_DATA`, the cache, or the download).
     """
     if projection not in PROJECTIONS:
         raise UserError(f"Unknown projection '{projection}'; choose {' or '.join(PROJECTIONS)}.")
+    if data is not None:
+        seed, val_fraction = data.notes["seed"], data.notes["val_fraction"]
     study_configs = experiment_configs(experiments, epochs, seed, precision, val_fraction)
     # Every experiment shares the dataset, split and seed, so the images are read once.
-    dataset = datasets.load_for(study_configs[0], data, quiet=quiet)
+    dataset = data if data is not None else datasets.load_for(study_configs[0], path, quiet=quiet)
     out_dir = Path(out_dir)
     run_dirs = []
     for config in study_configs:
@@ -87,7 +92,7 @@ def is_finished(config: Config, run_dir: Path) -> bool:
 def train_or_reuse(config: Config, run_dir: Path, dataset, quiet: bool) -> bool:
     """Train `config` into `run_dir` unless it is finished there; True if it trained now.
 
-    A partly trained folder resumes; one holding a different config is refused by `train.run`.
+    A partly trained folder resumes; one holding a different config is refused by `training.run`.
     """
     if is_finished(config, run_dir):
         if not quiet:
@@ -95,7 +100,7 @@ def train_or_reuse(config: Config, run_dir: Path, dataset, quiet: bool) -> bool:
         return False
     if not quiet:
         print(f"{config.name}: training into {run_dir} ({config.epochs} epochs).")
-    train.run(config, run_dir, dataset, quiet=quiet)
+    training.run(config, run_dir, dataset, quiet=quiet)
     return True
 
 
@@ -103,7 +108,7 @@ def record_diagnosis(run_dir: Path, num_classes: int) -> dict:
     """Diagnose the run from its history and store the result in its `metrics.json`."""
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
-    result = diagnosis.diagnose(train.read_history(run_dir / "history.csv"), num_classes)
+    result = diagnosis.diagnose(training.read_history(run_dir / "history.csv"), num_classes)
     if metrics.get("diagnosis") != result:
         metrics["diagnosis"] = result
         # Write beside and rename, so an interruption never leaves a half-written metrics.json.
