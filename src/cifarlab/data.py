@@ -45,6 +45,13 @@ class Dataset:
     name: str = "cifar10"
     notes: dict = field(default_factory=dict)  # How the splits were made.
 
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{split} {sum(counts)}" for split, counts in self.counts().items())
+        return (
+            f"Dataset({self.name}: {sizes} images of {'×'.join(map(str, self.image_shape))}, "
+            f"{self.num_classes} classes, from {self.source})"
+        )
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
