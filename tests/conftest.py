@@ -81,3 +81,14 @@ def real_subset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("real") / "cifar-10-python.tar.gz"
     subprocess.run([sys.executable, str(maker), str(path), "--per-class", "500"], check=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_archive, tmp_path_factory) -> Path:
+    """A baseline run folder trained for one epoch on `tiny_archive`, shared by the session."""
+    from cifarlab import config, data, train
+
+    run_config = config.override(config.experiment("baseline"), epochs=1, precision="float32")
+    run_dir = tmp_path_factory.mktemp("runs") / "baseline"
+    train.run(run_config, run_dir, data.load_for(run_config, tiny_archive), quiet=True)
+    return run_dir
