@@ -35,7 +35,8 @@ def test_heat_maps_have_the_conv_grid_and_lie_in_unit_range(trained_model):
 def test_gradient_matches_finite_differences(trained_model):
     grad_cam = explain.GradCam(trained_model)
     features = keras.ops.convert_to_numpy(grad_cam.features(IMAGES[:1] / 255.0)).astype(np.float64)
-    gradients = explain._gradients(grad_cam.head, features.astype(np.float32), np.array([4]))
+    one_hot = np.eye(10, dtype=np.float32)[[4]]
+    gradients = np.asarray(grad_cam.gradients(features.astype(np.float32), one_hot))
 
     def score(values):
         outputs = grad_cam.head(values.astype(np.float32), training=False)
