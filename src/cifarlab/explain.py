@@ -85,7 +85,7 @@ def gradient_function(head: keras.Model):
         import torch
 
         def torch_gradients(features, one_hot):
-            values = torch.as_tensor(features).requires_grad_(True)
+            values = keras.ops.convert_to_tensor(features).detach().requires_grad_(True)
             outputs = head(values, training=False).float()
             score = (outputs * torch.as_tensor(one_hot, device=outputs.device)).sum()
             return torch.autograd.grad(score, values)[0].detach().cpu().numpy()

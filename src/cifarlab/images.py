@@ -77,6 +77,8 @@ def load(source: str | Path | bytes, image_size: int = 32) -> np.ndarray:
         ) from error
     except FileNotFoundError as error:
         raise UserError(f"{name} does not exist.") from error
+    except PermissionError as error:
+        raise UserError(f"{name} cannot be read (permission denied).") from error
     except IsADirectoryError as error:
         raise UserError(f"{name} is a folder, not an image.") from error
     except UnidentifiedImageError as error:
