@@ -81,3 +81,39 @@ def real_subset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("real") / "cifar-10-python.tar.gz"
     subprocess.run([sys.executable, str(maker), str(path), "--per-class", "500"], check=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_archive, tmp_path_factory) -> Path:
+    """A baseline run folder trained for one epoch on `tiny_archive`, shared by the session."""
+    from cifarlab import config, data, training
+
+    run_config = config.override(config.experiment("baseline"), epochs=1, precision="float32")
+    run_dir = tmp_path_factory.mktemp("runs") / "baseline"
+    training.run(run_config, run_dir, data.load_for(run_config, tiny_archive), quiet=True)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def diagnosed_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of `trained_run` with what the study command adds: curves.png and a verdict."""
+    import json
+    import shutil
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    run_dir = tmp_path_factory.mktemp("runs") / "diagnosed"
+    shutil.copytree(trained_run, run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["diagnosis"] = {"verdict": "underfitting: train longer"}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    figure, axes = pyplot.subplots(figsize=(4, 2.5))
+    axes.plot([2.3, 1.9, 1.6], label="train loss")
+    axes.plot([2.2, 2.0, 1.9], label="validation loss")
+    axes.legend()
+    figure.savefig(run_dir / "curves.png", dpi=80)
+    pyplot.close(figure)
+    return run_dir

@@ -15,7 +15,7 @@ import importlib
 __version__ = "0.1.0"
 __all__ = [
     "Run", "Study", "build_report", "evaluate", "experiment_config", "load_data", "open_run",
-    "study", "train",
+    "predict", "study", "train",
 ]  # fmt: skip
 
 

@@ -124,3 +124,14 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> d
     from cifarlab import report
 
     return report.build(run_dirs, out)
+
+
+def predict(run: Run | str | Path, images: list[str | Path], top_k: int = 3) -> list:
+    """The `top_k` classes of each image file (folders are walked) by a run's best model.
+
+    Images of any size and format are centre-cropped to a square and resized to the model's
+    input, as the training images were scaled. Files that cannot be read come back with `error`.
+    """
+    from cifarlab import prediction
+
+    return prediction.predict(run.path if isinstance(run, Run) else run, images, top_k)

@@ -5,6 +5,8 @@
     cifarlab data info --data cifar-10-python.tar.gz
     cifarlab study --data cifar-10-python.tar.gz --out runs --epochs 50
     cifarlab report runs/baseline runs/augmented runs/batchnorm --out runs
+    cifarlab predict runs/baseline photo.jpg photos/ --top-k 3
+    cifarlab serve runs/baseline runs/batchnorm --port 8000
 
 Errors reach the user as one sentence: exit code 2 for bad input, 1 for failures.
 """
@@ -102,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folders, or a study folder holding them")  # fmt: skip
     report.add_argument("--out", type=Path, help="report folder (default: the runs' folder)")
     report.set_defaults(handler=_report)
+    predict = commands.add_parser("predict", help="classify your own images with a trained run")
+    predict.add_argument("model", type=Path, help="run folder (its best.keras) or a .keras file")
+    predict.add_argument("images", type=Path, nargs="+", help="image files or folders of them")
+    predict.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument("--explain", type=Path, metavar="OUT_DIR", help="save Grad-CAM overlays")
+    predict.set_defaults(handler=_predict)
+
+    serve = commands.add_parser("serve", help="serve runs over HTTP with a browser page")
+    serve.add_argument("run_dirs", type=Path, nargs="+", help="run folders to serve")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.set_defaults(handler=_serve)
     return parser
 
 
@@ -172,6 +187,18 @@ def _report(args: argparse.Namespace) -> int:
 
     written = api.build_report(args.run_dirs, args.out)
     print(f"Report: {written['report.html']}")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from cifarlab import prediction
+
+    return prediction.run(args.model, args.images, args.top_k, args.json, args.explain)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cifarlab.serve import app
+
+    app.run(args.run_dirs, args.host, args.port)
     return 0
 
 

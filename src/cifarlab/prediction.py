@@ -1,0 +1,225 @@
+"""Classify your own images with a trained run: top classes per image, optionally Grad-CAM.
+
+Images of any kind Pillow opens are brought to the model's input by `images.load` (centre
+crop to a square, Lanczos resize), decoded in parallel threads and classified in batches.
+
+    cifarlab predict runs/baseline photos/ cat.jpg --top-k 3 --json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cifarlab import evaluation, explain, images
+from cifarlab.data import CIFAR10_CLASSES
+from cifarlab.errors import UserError
+
+CHUNK_SIZE = 512  # Images decoded and classified together; bounds memory for big folders.
+DECODE_THREADS = 8  # Pillow releases the GIL while decoding, so threads overlap the work.
+
+
+@dataclass
+class Classifier:
+    """A trained model with what it takes to use it: its class names and input size."""
+
+    model: keras.Model
+    class_names: tuple[str, ...]
+    name: str
+    run_dir: Path | None = None
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.input_shape[1])
+
+
+@dataclass
+class Prediction:
+    """The top classes for one file, or why it could not be classified."""
+
+    file: str
+    classes: list[str] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        top = [
+            {"class": c, "probability": p}
+            for c, p in zip(self.classes, self.probabilities, strict=True)
+        ]
+        return {"file": self.file, "top": top}
+
+
+def load_classifier(source: str | Path) -> Classifier:
+    """The classifier in a run folder (its `best.keras`) or in a `.keras` file."""
+    source = Path(source)
+    if source.is_dir():
+        run_dir, model_path = source, source / "best.keras"
+    else:
+        run_dir, model_path = source.parent, source
+    if not model_path.is_file():
+        raise UserError(f"{source} is neither a run folder with best.keras nor a .keras file.")
+    try:
+        model = keras.models.load_model(model_path, compile=False)
+    except Exception as error:  # Keras raises many kinds for a file that is not a model.
+        raise UserError(f"{model_path} is not a Keras model file ({error}).") from error
+    metrics = _read_metrics(run_dir / "metrics.json")
+    names = class_names(metrics, int(model.output_shape[-1]))
+    name = run_dir.name if source.is_dir() else source.stem
+    return Classifier(model, names, name, run_dir, metrics)
+
+
+def class_names(metrics: dict, num_classes: int) -> tuple[str, ...]:
+    """The run's own class names; CIFAR-10's only for a 10-class model without metrics."""
+    names = metrics.get("class_names")
+    if isinstance(names, list) and len(names) == num_classes:
+        return tuple(str(name) for name in names)
+    if num_classes == len(CIFAR10_CLASSES):
+        return CIFAR10_CLASSES
+    return tuple(f"class {index}" for index in range(num_classes))
+
+
+def _read_metrics(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def predict(
+    model_or_run: Classifier | str | Path, paths: list[str | Path], top_k: int = 3
+) -> list[Prediction]:
+    """The `top_k` classes of every image in `paths` (folders walked); failures included."""
+    classifier = _as_classifier(model_or_run)
+    return [prediction for prediction, _, _ in _classify(classifier, paths, top_k)]
+
+
+def run(
+    source: str | Path,
+    paths: list[str | Path],
+    top_k: int = 3,
+    as_json: bool = False,
+    explain_dir: Path | None = None,
+) -> int:
+    """Print predictions for `paths` as a table or JSON lines; 0 if every file was an image.
+
+    Files that could not be read are reported on stderr, one line each; the result is then 2.
+    """
+    classifier = load_classifier(source)
+    _check_top_k(top_k, classifier)
+    failures = 0
+    saver = _OverlaySaver(explain_dir, classifier) if explain_dir else None
+    for index, (prediction, pixels, probabilities) in enumerate(
+        _classify(classifier, paths, top_k)
+    ):
+        if prediction.error is not None:
+            failures += 1
+            print(f"cifarlab: skipped: {prediction.error}", file=sys.stderr)
+            continue
+        if as_json:
+            print(json.dumps(prediction.to_dict()))
+        else:
+            print(_table_row(prediction, header=index - failures == 0))
+        if saver:
+            saver.save(prediction.file, pixels, int(probabilities.argmax()))
+    return 2 if failures else 0
+
+
+def _as_classifier(model_or_run) -> Classifier:
+    if isinstance(model_or_run, Classifier):
+        return model_or_run
+    if isinstance(model_or_run, keras.Model):
+        outputs = int(model_or_run.output_shape[-1])
+        return Classifier(model_or_run, class_names({}, outputs), model_or_run.name)
+    return load_classifier(model_or_run)
+
+
+def _check_top_k(top_k: int, classifier: Classifier) -> None:
+    if not 1 <= top_k <= len(classifier.class_names):
+        raise UserError(
+            f"--top-k must lie between 1 and {len(classifier.class_names)}, not {top_k}."
+        )
+
+
+def _classify(classifier: Classifier, paths, top_k: int):
+    """Yield (Prediction, pixels, probabilities) per file, in order, a chunk at a time."""
+    _check_top_k(top_k, classifier)
+    files = images.find_images(paths)
+    if not files:
+        raise UserError("No image files were found in the paths given.")
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        for start in range(0, len(files), CHUNK_SIZE):
+            chunk = files[start : start + CHUNK_SIZE]
+            decoded = list(pool.map(lambda path: _decode(path, classifier.image_size), chunk))
+            good = [pixels for pixels in decoded if not isinstance(pixels, str)]
+            if good:
+                stacked = np.stack(good)
+                all_probabilities = iter(
+                    evaluation.predict_probabilities(classifier.model, stacked)
+                )
+            for path, pixels in zip(chunk, decoded, strict=True):
+                if isinstance(pixels, str):
+                    yield Prediction(str(path), error=pixels), None, None
+                    continue
+                probabilities = next(all_probabilities)
+                yield (
+                    top_classes(str(path), probabilities, classifier, top_k),
+                    pixels,
+                    probabilities,
+                )
+
+
+def _decode(path: Path, image_size: int) -> np.ndarray | str:
+    """The image's pixels, or the one-sentence reason it cannot be used."""
+    try:
+        return images.load(path, image_size)
+    except UserError as error:
+        return str(error)
+
+
+def top_classes(file: str, probabilities: np.ndarray, classifier: Classifier, top_k: int):
+    """The `top_k` most probable classes, most probable first."""
+    order = np.argsort(-probabilities, kind="stable")[:top_k]
+    return Prediction(
+        file,
+        [classifier.class_names[index] for index in order],
+        [round(float(probabilities[index]), 6) for index in order],
+    )
+
+
+def _table_row(prediction: Prediction, header: bool) -> str:
+    pairs = zip(prediction.classes, prediction.probabilities, strict=True)
+    cells = [f"{name} {probability:6.1%}" for name, probability in pairs]
+    row = f"{prediction.file:<40} " + "  ".join(f"{cell:<20}" for cell in cells)
+    if not header:
+        return row.rstrip()
+    titles = "  ".join(f"{f'top-{rank}':<20}" for rank in range(1, len(cells) + 1))
+    return f"{'file':<40} {titles}".rstrip() + "\n" + row.rstrip()
+
+
+class _OverlaySaver:
+    """Writes one Grad-CAM overlay PNG per classified image into a folder."""
+
+    def __init__(self, folder: Path, classifier: Classifier):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.grad_cam = explain.GradCam(classifier.model)
+        self.used: set[str] = set()
+
+    def save(self, file: str, pixels: np.ndarray, class_index: int) -> None:
+        _, heat_maps = self.grad_cam(pixels[None], [class_index])
+        name = f"{Path(file).stem}.gradcam.png"
+        counter = 2
+        while name in self.used:
+            name, counter = f"{Path(file).stem}-{counter}.gradcam.png", counter + 1
+        self.used.add(name)
+        explain.overlay(pixels, heat_maps[0]).save(self.folder / name)

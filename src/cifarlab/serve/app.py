@@ -1,0 +1,218 @@
+"""The HTTP API and browser page: classify an uploaded image with a served run, with Grad-CAM.
+
+Models load once, at start-up, from the run folders named on the command line; requests name
+a run only by its served name, so no request can make the server open another path.
+
+    cifarlab serve runs/baseline runs/batchnorm --host 127.0.0.1 --port 8000
+
+    POST /api/predict   multipart `image`, optional `run` and `top_k` → top classes + heat map
+    GET  /api/runs      the served runs with their metrics
+    GET  /              the page;  GET /docs  the OpenAPI documentation
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures, and `top_k`'s
+# bound is a local variable that string annotations could not resolve.
+import base64
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from cifarlab import explain, images, prediction
+from cifarlab.errors import UserError
+from cifarlab.serve.limits import BodyLimit
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # Largest accepted image file: 10 MB.
+_MULTIPART_OVERHEAD = 64 * 1024  # Room for form boundaries and the small text fields.
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServedRun:
+    """One run being served: its classifier, Grad-CAM, and a lock so requests take turns."""
+
+    classifier: prediction.Classifier
+    grad_cam: explain.GradCam
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class ClassProbability(BaseModel):
+    class_name: str
+    probability: float
+
+
+class PredictResponse(BaseModel):
+    run: str
+    predictions: list[ClassProbability]
+    explained_class: str
+    heatmap_png: str  # Base64 PNG: the model's input enlarged, with the Grad-CAM map over it.
+
+
+class RunInfo(BaseModel):
+    name: str
+    experiment: str | None
+    class_names: list[str]
+    image_size: int
+    accuracy: dict[str, float]  # Per split ("train", "val", "test") where metrics.json has it.
+    verdict: str | None
+    curves_url: str | None
+
+
+_ERRORS = {
+    code: {"model": Error, "description": description}
+    for code, description in (
+        (400, "Not an image, a truncated image or an empty file"),
+        (404, "Unknown run"),
+        (413, "Upload over 10 MB or image over the pixel limit"),
+        (422, "Missing or invalid form field"),
+    )
+}
+
+
+def load_runs(run_dirs: list[str | Path]) -> dict[str, ServedRun]:
+    """Each run folder's classifier under a unique name (the folder's name), warmed up."""
+    if not run_dirs:
+        raise UserError("Name at least one run folder to serve.")
+    runs: dict[str, ServedRun] = {}
+    for run_dir in run_dirs:
+        classifier = prediction.load_classifier(run_dir)
+        name, counter = classifier.name, 2
+        while name in runs:
+            name, counter = f"{classifier.name}-{counter}", counter + 1
+        served = ServedRun(classifier, explain.GradCam(classifier.model))
+        # One call now, so the first user does not wait for graph tracing.
+        served.grad_cam(np.zeros((1, classifier.image_size, classifier.image_size, 3), np.uint8))
+        runs[name] = served
+    return runs
+
+
+def create_app(run_dirs: list[str | Path]) -> FastAPI:
+    """The FastAPI application serving `run_dirs`; their models load here, once."""
+    runs = load_runs(run_dirs)
+    max_classes = max(len(served.classifier.class_names) for served in runs.values())
+    app = FastAPI(title="cifarlab", summary="Classify images with trained cifarlab runs.")
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD,
+        message="The upload is larger than the 10 MB limit.",
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.get("/api/runs", response_model=list[RunInfo])
+    def list_runs() -> list[RunInfo]:
+        """The served runs, their class names and accuracies, and the verdict if there is one."""
+        return [run_info(name, served) for name, served in runs.items()]
+
+    @app.get(
+        "/api/runs/{name}/curves.png", response_class=FileResponse, responses={404: _ERRORS[404]}
+    )
+    def learning_curves(name: str) -> FileResponse:
+        """The run's learning-curves figure, where its folder has one."""
+        path = _choose(runs, name)[1].classifier.run_dir / "curves.png"
+        if not path.is_file():
+            raise HTTPException(404, f"Run '{name}' has no learning curves (curves.png).")
+        return FileResponse(path, media_type="image/png")
+
+    @app.post("/api/predict", response_model=PredictResponse, responses=_ERRORS)
+    def predict_image(
+        image: Annotated[UploadFile, File(description="An image file of any common format")],
+        run: Annotated[str | None, Form(description="Served run name; default the first")] = None,
+        top_k: Annotated[int, Form(ge=1, le=max_classes)] = 5,
+    ) -> PredictResponse:
+        """The `top_k` most probable classes and a Grad-CAM heat map for the top one."""
+        run, served = _choose(runs, run)
+        classes = served.classifier.class_names
+        if top_k > len(classes):
+            raise HTTPException(422, f"top_k must lie between 1 and {len(classes)} for this run.")
+        pixels = _decode_upload(image, served.classifier.image_size)
+        with served.lock:
+            probabilities, heat_maps = served.grad_cam(pixels[None])
+        top = prediction.top_classes("upload", probabilities[0], served.classifier, top_k)
+        picture = explain.overlay(pixels, heat_maps[0])
+        pairs = zip(top.classes, top.probabilities, strict=True)
+        return PredictResponse(
+            run=run,
+            predictions=[ClassProbability(class_name=c, probability=p) for c, p in pairs],
+            explained_class=classes[int(probabilities[0].argmax())],
+            heatmap_png=base64.b64encode(explain.png_bytes(picture)).decode("ascii"),
+        )
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def run_info(name: str, served: ServedRun) -> RunInfo:
+    metrics = served.classifier.metrics
+    accuracy = {
+        split: float(metrics[split]["accuracy"])
+        for split in ("train", "val", "test")
+        if isinstance(metrics.get(split), dict) and "accuracy" in metrics[split]
+    }
+    diagnosis = metrics.get("diagnosis")
+    verdict = diagnosis.get("verdict") if isinstance(diagnosis, dict) else None
+    has_curves = (served.classifier.run_dir / "curves.png").is_file()
+    return RunInfo(
+        name=name,
+        experiment=metrics.get("experiment"),
+        class_names=list(served.classifier.class_names),
+        image_size=served.classifier.image_size,
+        accuracy=accuracy,
+        verdict=str(verdict) if verdict is not None else None,
+        curves_url=f"/api/runs/{name}/curves.png" if has_curves else None,
+    )
+
+
+def _choose(runs: dict[str, ServedRun], name: str | None) -> tuple[str, ServedRun]:
+    """The named run (the first one without a name), or 404."""
+    if name is None:
+        name = next(iter(runs))
+    if name not in runs:
+        raise HTTPException(404, f"Unknown run '{name}'; served runs: {', '.join(runs)}.")
+    return name, runs[name]
+
+
+def _decode_upload(upload: UploadFile, image_size: int) -> np.ndarray:
+    data = upload.file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise HTTPException(413, "The upload is larger than the 10 MB limit.")
+    if not data:
+        raise HTTPException(400, "The uploaded file is empty.")
+    try:
+        return images.load(data, image_size)
+    except images.ImageTooLargeError as error:
+        raise HTTPException(413, str(error)) from error
+    except UserError as error:
+        raise HTTPException(400, str(error)) from error
+
+
+async def _validation_error(request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's list of field errors as one sentence, like every other error here."""
+    problems = [
+        f"{'.'.join(str(part) for part in problem['loc'] if part != 'body')}: {problem['msg']}"
+        for problem in error.errors()
+    ]
+    return JSONResponse({"detail": "Invalid request: " + "; ".join(problems) + "."}, 422)
+
+
+def run(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Load the runs and serve them until interrupted."""
+    import uvicorn
+
+    app = create_app(run_dirs)
+    print(f"Serving {len(run_dirs)} run(s) at http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,136 @@
+// The page's behaviour: list the served runs, send a chosen image to /api/predict, show results.
+// Everything comes from this server; text from the server is inserted with textContent only.
+"use strict";
+
+const TOP_K = 5;
+const byId = (id) => document.getElementById(id);
+let runs = [];
+
+function percent(value) {
+  return value === undefined || value === null ? "—" : `${(100 * value).toFixed(1)}%`;
+}
+
+function cell(row, content) {
+  const td = row.insertCell();
+  if (content instanceof Node) td.append(content);
+  else td.textContent = content;
+  return td;
+}
+
+function noneText(text) {
+  const span = document.createElement("span");
+  span.className = "none";
+  span.textContent = text;
+  return span;
+}
+
+async function loadRuns() {
+  const response = await fetch("/api/runs");
+  runs = await response.json();
+  const select = byId("run-select");
+  const body = byId("runs").tBodies[0];
+  for (const run of runs) {
+    select.add(new Option(run.name, run.name));
+    const row = body.insertRow();
+    cell(row, run.name);
+    cell(row, run.experiment ?? "—");
+    for (const split of ["train", "val", "test"]) cell(row, percent(run.accuracy[split]));
+    cell(row, run.verdict ? run.verdict : noneText("not diagnosed"));
+    if (run.curves_url) {
+      const image = document.createElement("img");
+      image.src = run.curves_url;
+      image.alt = `Learning curves of ${run.name}`;
+      const link = document.createElement("a");
+      link.href = run.curves_url;
+      link.append(image);
+      cell(row, link);
+    } else {
+      cell(row, noneText("no curves.png"));
+    }
+  }
+}
+
+function showError(message) {
+  const error = byId("error");
+  error.textContent = message;
+  error.hidden = !message;
+}
+
+async function classify(file) {
+  showError("");
+  byId("status").textContent = `Classifying ${file.name}…`;
+  const run = runs.find((candidate) => candidate.name === byId("run-select").value);
+  const form = new FormData();
+  form.append("image", file);
+  if (run) {
+    form.append("run", run.name);
+    form.append("top_k", String(Math.min(TOP_K, run.class_names.length)));
+  }
+  const response = await fetch("/api/predict", { method: "POST", body: form });
+  const result = await response.json();
+  byId("status").textContent = "";
+  if (!response.ok) {
+    showError(result.detail || `The server answered ${response.status}.`);
+    return;
+  }
+  const preview = byId("preview");
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(file);
+  showResult(result);
+}
+
+function showResult(result) {
+  const best = result.predictions[0];
+  byId("predicted-class").textContent = best.class_name;
+  byId("predicted-probability").textContent = `(${percent(best.probability)})`;
+  byId("explained-class").textContent = result.explained_class;
+  byId("heatmap").src = `data:image/png;base64,${result.heatmap_png}`;
+  const bars = byId("bars");
+  bars.replaceChildren();
+  for (const { class_name, probability } of result.predictions) {
+    const item = document.createElement("li");
+    const name = document.createElement("span");
+    name.textContent = class_name;
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${(100 * probability).toFixed(1)}%`;
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "percent";
+    value.textContent = percent(probability);
+    item.append(name, bar, value);
+    bars.append(item);
+  }
+  byId("result").hidden = false;
+}
+
+function submit(file) {
+  classify(file).catch((error) => {
+    byId("status").textContent = "";
+    showError(`Could not classify ${file.name}: ${error.message}`);
+  });
+}
+
+function setUpDropZone() {
+  const zone = byId("drop-zone");
+  const input = byId("file-input");
+  input.addEventListener("change", () => input.files[0] && submit(input.files[0]));
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (event) => {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    zone.addEventListener(type, () => zone.classList.remove("dragging"));
+  }
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer.files[0];
+    if (file) submit(file);
+  });
+}
+
+setUpDropZone();
+loadRuns().catch((error) => showError(`Could not list the runs: ${error}`));

@@ -1,0 +1,134 @@
+"""`cifarlab predict` on the session's tiny trained run: kinds of image, folders, bad files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarlab import cli, images, prediction
+from cifarlab.data import CIFAR10_CLASSES
+
+RNG = np.random.default_rng(1)
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """Photos of many kinds, one of them EXIF-rotated and one in a subfolder, plus a text file."""
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "more").mkdir()
+    pixels = RNG.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    photo = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.save(folder / "rotated.jpg", exif=exif)
+    photo.convert("RGBA").save(folder / "alpha.png")
+    photo.convert("P").save(folder / "palette.gif")
+    photo.convert("L").save(folder / "gray.webp")
+    Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(folder / "deep16.png")
+    photo.resize((7, 900)).save(folder / "more" / "tall.bmp")
+    (folder / "readme.txt").write_text("not an image")
+    return folder
+
+
+def test_predict_walks_folders_and_classifies_every_image(trained_run, photo_folder):
+    results = prediction.predict(trained_run, [photo_folder], top_k=3)
+    names = sorted(result.file.removeprefix(str(photo_folder) + "/") for result in results)
+    assert names == ["alpha.png", "deep16.png", "gray.webp", "more/tall.bmp", "palette.gif",
+                     "rotated.jpg"]  # fmt: skip
+    for result in results:
+        assert result.error is None and len(result.classes) == 3
+        assert set(result.classes) <= set(CIFAR10_CLASSES)
+        assert result.probabilities == sorted(result.probabilities, reverse=True)
+
+
+def test_predict_scales_images_exactly_as_training(trained_run, tmp_path):
+    # A 32×32 PNG reaches the model unchanged, so predict must match the model on the array.
+    pixels = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "exact.png")
+    [result] = prediction.predict(trained_run, [tmp_path / "exact.png"], top_k=10)
+    model = keras.models.load_model(trained_run / "best.keras")
+    expected = model.predict(pixels[None].astype(np.float32) / 255.0, verbose=0)[0]
+    by_name = dict(zip(result.classes, result.probabilities, strict=True))
+    got = np.array([by_name[name] for name in CIFAR10_CLASSES])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_cli_table_reports_non_images_and_exits_2(trained_run, photo_folder, capsys):
+    code = cli.main(["predict", str(trained_run), str(photo_folder / "alpha.png"),
+                     str(photo_folder / "readme.txt"), "--top-k", "2"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 2
+    header, row = out.strip().splitlines()
+    assert header.split() == ["file", "top-1", "top-2"]
+    assert row.startswith(str(photo_folder / "alpha.png"))
+    assert (
+        err.strip()
+        == f"cifarlab: skipped: {photo_folder / 'readme.txt'} is not an image Pillow can read."
+    )
+
+
+def test_cli_json_prints_one_parsable_object_per_image(trained_run, photo_folder, capsys):
+    assert cli.main(["predict", str(trained_run), str(photo_folder), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    objects = [json.loads(line) for line in lines]
+    assert len(objects) == 6
+    for item in objects:
+        assert len(item["top"]) == 3
+        assert abs(sum(entry["probability"] for entry in item["top"])) <= 1.0 + 1e-6
+
+
+def test_cli_explain_saves_one_overlay_per_image(trained_run, photo_folder, tmp_path, capsys):
+    out_dir = tmp_path / "heatmaps"
+    assert (
+        cli.main(["predict", str(trained_run), str(photo_folder), "--explain", str(out_dir)]) == 0
+    )
+    saved = sorted(path.name for path in out_dir.iterdir())
+    assert saved == sorted(
+        f"{path.stem}.gradcam.png" for path in images.find_images([photo_folder])
+    )
+    with Image.open(out_dir / "alpha.gradcam.png") as overlay:
+        assert overlay.size == (256, 256) and overlay.mode == "RGB"
+
+
+def test_a_keras_file_works_as_well_as_a_run_folder(trained_run, photo_folder):
+    from_folder = prediction.predict(trained_run, [photo_folder / "alpha.png"])
+    from_file = prediction.predict(trained_run / "best.keras", [photo_folder / "alpha.png"])
+    assert from_folder[0].to_dict() == from_file[0].to_dict()
+
+
+def test_class_names_come_from_the_run_not_a_fixed_list(trained_run, photo_folder, tmp_path):
+    run_dir = tmp_path / "renamed"
+    shutil.copytree(trained_run, run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["class_names"] = [f"kind{index}" for index in range(10)]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    [result] = prediction.predict(run_dir, [photo_folder / "alpha.png"], top_k=10)
+    assert sorted(result.classes) == sorted(metrics["class_names"])
+    # Without metrics.json a 10-output model falls back to CIFAR-10's names.
+    (run_dir / "metrics.json").unlink()
+    [result] = prediction.predict(run_dir, [photo_folder / "alpha.png"], top_k=10)
+    assert sorted(result.classes) == sorted(CIFAR10_CLASSES)
+
+
+def test_other_class_counts_get_neutral_names_without_metrics():
+    assert prediction.class_names({}, 3) == ("class 0", "class 1", "class 2")
+
+
+def test_cli_refuses_a_top_k_above_the_class_count(trained_run, photo_folder, capsys):
+    assert cli.main(["predict", str(trained_run), str(photo_folder), "--top-k", "11"]) == 2
+    assert "--top-k must lie between 1 and 10, not 11." in capsys.readouterr().err
+
+
+def test_cli_says_so_when_a_folder_has_no_images(trained_run, tmp_path, capsys):
+    assert cli.main(["predict", str(trained_run), str(tmp_path)]) == 2
+    assert "No image files were found" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert cli.main(["predict", str(tmp_path), str(tmp_path)]) == 2
+    assert "neither a run folder with best.keras nor a .keras file" in capsys.readouterr().err
