@@ -76,7 +76,8 @@ def run(
     rows = aggregate(points, folder)
     best = max((row for row in rows if row["n"]), key=lambda row: row["val_accuracy_mean"],
                default=None)  # fmt: skip
-    write_csv(folder / "sweep.csv", [key for key in grid], rows)
+    folder.mkdir(parents=True, exist_ok=True)  # Even if every run failed.
+    write_csv(folder / "sweep.csv", list(grid), rows)
     plot(folder / "sweep.png", grid, rows, best)
     report = describe(points, folder)
     (folder / "sweep.txt").write_text(report + "\n")
