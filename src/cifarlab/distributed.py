@@ -32,12 +32,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
 from tqdm import tqdm
 
 from cifarlab import data
 from cifarlab.config import Config
 from cifarlab.errors import RunError, UserError
+
+try:
+    import ray
+except ModuleNotFoundError:  # Ray is an optional extra; only running jobs needs it.
+    ray = None
 
 FAULT_ONCE = "CIFARLAB_FAULT_ONCE"
 # Environment forwarded from the submitting process to every task, when set there.
@@ -98,6 +102,8 @@ def run_all(
         print(f"{len(outcome.skipped)} of {len(jobs)} runs already finished; not redoing them.")
     if not pending:
         return outcome
+    if ray is None:
+        raise UserError("Running jobs needs Ray; install it with: pip install 'cifarlab[ray]'.")
     # Resolved once here, so every task reads the same files (and nothing downloads twice).
     source = str(data.locate(data_path).resolve())
     pending = [Job(job.config, Path(job.out_dir).resolve()) for job in pending]
@@ -130,8 +136,9 @@ def ray_session(options: RayOptions) -> Iterator[None]:
             ray.init(num_cpus=num_cpus, **settings)
     except ConnectionError as error:
         raise UserError(
-            f"Cannot reach a Ray cluster at {options.address}; start one with "
-            "`ray start --head --port=6379` or drop --ray-address to run locally."
+            f"Cannot connect to a Ray cluster at {options.address}: start one there with "
+            "`ray start --head --port=6379` (and set RAY_AUTH_MODE=token here if it uses token "
+            "authentication), or drop --ray-address to run locally."
         ) from error
     try:
         yield
