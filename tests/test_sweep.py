@@ -24,7 +24,7 @@ def local_ray(tmp_path_factory):
     # Workers inherit the environment Ray starts with, so point them at the isolated cache now.
     previous = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.getbasetemp() / "cache")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
     if previous is None:

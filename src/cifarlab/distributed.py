@@ -133,7 +133,8 @@ def ray_session(options: RayOptions) -> Iterator[None]:
             num_cpus = (
                 math.ceil(options.workers * options.cpus_per_run) if options.workers else None
             )
-            ray.init(num_cpus=num_cpus, **settings)
+            # "local" starts a new instance even where `ray start` left one running.
+            ray.init(address="local", num_cpus=num_cpus, **settings)
     except ConnectionError as error:
         raise UserError(
             f"Cannot connect to a Ray cluster at {options.address}: start one there with "
