@@ -105,32 +105,24 @@ def test_rerunning_the_command_trains_nothing(grid_sweep, tiny_archive, capsys):
 
 
 @pytest.mark.slow
-def test_a_worker_that_dies_is_retried_and_the_sweep_completes(
+def test_a_dead_worker_is_reported_without_retries_and_retried_with_them(
     local_ray, tiny_archive, tmp_path, monkeypatch
 ):
-    marker = tmp_path / "crashed-once"
-    monkeypatch.setenv(distributed.FAULT_ONCE, str(marker))
-    options = distributed.RayOptions(workers=1, max_retries=2)
-    result = sweep.run(BASE, ["batch_size=32"], 1, tiny_archive, tmp_path / "out", options, False)
-    assert marker.exists()  # The first attempt killed its worker...
-    assert result.outcome.failed == {}  # ...and the retry finished the run.
-    assert len(run_folders(result.folder)) == 1 and result.rows[0]["n"] == 1
-
-
-@pytest.mark.slow
-def test_a_run_that_keeps_failing_is_reported_and_a_rerun_finishes_it(
-    local_ray, tiny_archive, tmp_path, monkeypatch
-):
-    monkeypatch.setenv(distributed.FAULT_ONCE, str(tmp_path / "crashed-once"))
+    out = tmp_path / "out"
+    monkeypatch.setenv(distributed.FAULT_ONCE, str(tmp_path / "first-crash"))
     no_retries = distributed.RayOptions(workers=1, max_retries=0)
     with pytest.raises(RunError, match="1 of 1 runs failed"):
-        sweep.run(BASE, ["batch_size=32"], 1, tiny_archive, tmp_path / "out", no_retries, False)
-    csv_rows = (tmp_path / "out" / "baseline" / "sweep.csv").read_text().splitlines()
-    assert csv_rows[1].startswith("32,0,")  # The point is listed, with no finished seeds.
-    result = sweep.run(
-        BASE, ["batch_size=32"], 1, tiny_archive, tmp_path / "out", no_retries, False
-    )
-    assert len(result.outcome.finished) == 1 and result.rows[0]["n"] == 1
+        sweep.run(BASE, ["batch_size=32"], 1, tiny_archive, out, no_retries, progress=False)
+    rows = (out / "baseline" / "sweep.csv").read_text().splitlines()
+    assert rows[1].startswith("32,0,")  # The point is listed, with no finished seeds.
+
+    second_crash = tmp_path / "second-crash"
+    monkeypatch.setenv(distributed.FAULT_ONCE, str(second_crash))
+    one_retry = distributed.RayOptions(workers=1, max_retries=1)
+    result = sweep.run(BASE, ["batch_size=32"], 1, tiny_archive, out, one_retry, progress=False)
+    assert second_crash.exists()  # The first attempt killed its worker...
+    assert result.outcome.failed == {} and len(result.outcome.finished) == 1  # ...the retry ran.
+    assert len(run_folders(result.folder)) == 1 and result.rows[0]["n"] == 1
 
 
 def test_grid_values_are_parsed_to_each_settings_type():
