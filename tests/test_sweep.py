@@ -137,6 +137,19 @@ def test_grid_values_are_parsed_to_each_settings_type():
 
 
 @pytest.mark.parametrize(
+    "grid",
+    [{}, {"batch_norm": [False, True]}, {"learning_rate": [1e-3, 1e-2], "batch_size": [32]}],
+)
+def test_plot_draws_any_grid_including_none(grid, tmp_path):
+    points = sweep.expand(BASE, grid, repeats=1)
+    rows = [{**dict(point.settings), "n": 2, "val_accuracy_mean": 0.5, "val_accuracy_ci_high": 0.6}
+            for point in points]  # fmt: skip
+    rows[-1]["n"] = 0  # A point whose runs all failed is left out of the lines.
+    sweep.plot(tmp_path / "sweep.png", grid, rows, best=rows[0])
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
     ("spec", "message"),
     [
         ("learning_rate", "not KEY=V1,V2"),

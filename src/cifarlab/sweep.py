@@ -246,7 +246,7 @@ def _format_axis(axes, grid: dict[str, list], key: str) -> None:
     axes.set_xlabel(key)
     axes.set_ylabel("validation accuracy (%)")
     values = grid.get(key, [])
-    if _numeric(values) and min(values) > 0 and max(values) >= 10 * min(values):
+    if values and _numeric(values) and min(values) > 0 and max(values) >= 10 * min(values):
         # Learning rates and the like are swept on a log scale.
         axes.set_xscale("log")
     if values:
