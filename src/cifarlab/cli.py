@@ -7,6 +7,7 @@
     cifarlab report runs/baseline runs/augmented runs/batchnorm --out runs
     cifarlab predict runs/baseline photo.jpg photos/ --top-k 3
     cifarlab serve runs/baseline runs/batchnorm --port 8000
+    cifarlab sweep baseline --grid learning_rate=1e-3,3e-3 --repeats 3 --data cifar-10-python.tar.gz
 
 Errors reach the user as one sentence: exit code 2 for bad input, 1 for failures.
 """
@@ -59,6 +60,26 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="one log line per epoch")
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text}")
+    return value
+
+
+def add_ray_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray-address", help="existing Ray cluster, HOST:6379 (default: local)")
+    parser.add_argument("--workers", type=positive_int, help="runs at once (default: all fit)")
+    parser.add_argument("--cpus-per-run", type=non_negative_float, default=1.0)
+    parser.add_argument("--gpus-per-run", type=non_negative_float, default=0.0)
+
+
+def ray_options(args: argparse.Namespace):
+    from cifarlab.distributed import RayOptions
+
+    return RayOptions(args.ray_address, args.workers, args.cpus_per_run, args.gpus_per_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cifarlab", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -76,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", type=Path, help="dataset archive or folder (default: cache)")
     evaluate.set_defaults(handler=_evaluate)
+
+    sweep = commands.add_parser("sweep", help="train a grid of settings × seeds as Ray tasks")
+    sweep.add_argument("experiment", help="baseline, augmented or batchnorm (or A, B, C)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a setting and its values; repeat for more settings")  # fmt: skip
+    sweep.add_argument("--repeats", type=positive_int, default=1, help="seeds per grid point")
+    sweep.add_argument("--out", type=Path, default=Path("runs"), help="parent of the sweep folder")
+    add_data_options(sweep)
+    add_training_options(sweep)
+    add_ray_options(sweep)
+    sweep.set_defaults(handler=_sweep)
 
     data = commands.add_parser("data", help="inspect the dataset")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -152,6 +184,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cifarlab import api
 
     api.evaluate(args.run_dir, path=args.data)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from cifarlab import api, sweep
+
+    base = api.experiment_config(args.experiment, **_training_overrides(args))
+    result = sweep.run(
+        base, args.grid, args.repeats, args.data, args.out, ray_options(args), not args.quiet
+    )
+    print(f"Sweep folder: {result.folder}")
     return 0
 
 
