@@ -1,0 +1,263 @@
+"""Class-folder datasets: your own images, one folder per class, decoded once and cached.
+
+Two layouts are read; class names are the folder names, sorted:
+
+    my_photos/<class>/*.jpg                                  (test split carved out later)
+    my_photos/train/<class>/*.jpg  [my_photos/test/<class>/…]  [my_photos/val/<class>/…]
+
+Every image becomes RGB, is centre-cropped to a square and resized to the model's input size.
+Decoding runs in worker processes with a progress bar; the result is cached in the per-user
+cache, keyed by the folder's file list, sizes and modification times. Nothing is written
+inside the dataset folder.
+
+    cifarlab data info --data my_photos/
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections import Counter
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from cifarlab import cache
+from cifarlab.errors import UserError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SPLITS = ("train", "val", "test")
+DECODER_VERSION = 1  # Part of the cache key: change it when decode_image changes its output.
+_CHUNK = 500  # Images per task handed to a worker process.
+_PARALLEL_FROM = 2000  # Below this many images, starting worker processes costs more than it saves.
+_NAMES_SHOWN = 5  # Skipped files named in warnings; the rest are counted.
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Every readable image of a class-folder dataset, with the folder (split) it came from."""
+
+    images: np.ndarray  # N×size×size×3 uint8.
+    labels: np.ndarray  # N class indices (int64).
+    splits: np.ndarray  # N indices into SPLITS: the top-level folder each image came from.
+    original_sizes: np.ndarray  # N×2 (width, height) of the files as stored.
+    class_names: tuple[str, ...]
+    skipped: tuple[str, ...]  # Files that could not be decoded, relative to the dataset folder.
+
+    def has(self, split: str) -> bool:
+        return bool(np.any(self.splits == SPLITS.index(split)))
+
+    def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels from one split folder (the whole dataset without split folders)."""
+        chosen = self.splits == SPLITS.index(split)
+        return self.images[chosen], self.labels[chosen]
+
+
+def is_class_folder(path: Path) -> bool:
+    """True if `path` is a folder with a `train/` folder or a sub-folder holding images."""
+    if not path.is_dir():
+        return False
+    if (path / "train").is_dir():
+        return True
+    return any(_holds_images(child) for child in _subfolders(path))
+
+
+def read(root: Path, image_size: int, quiet: bool = False) -> Decoded:
+    """All images under `root`, decoded to `image_size` squares, from the cache when unchanged."""
+    files = find_images(root)
+    class_names = tuple(sorted({name for _, name, _ in files}))
+    entries = []
+    for _, _, path in files:
+        stat = path.stat()
+        entries.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+    key = cache.fingerprint(entries, str(root.resolve()), image_size, DECODER_VERSION)
+    arrays = cache.arrays(
+        f"folder-{key}", lambda: _decode_dataset(root, files, class_names, image_size, quiet)
+    )
+    decoded = Decoded(
+        images=arrays["images"],
+        labels=arrays["labels"],
+        splits=arrays["splits"],
+        original_sizes=arrays["original_sizes"],
+        class_names=tuple(str(name) for name in arrays["class_names"]),
+        skipped=tuple(str(name) for name in arrays["skipped"]),
+    )
+    if decoded.skipped:
+        print(f"cifarlab: warning: {skipped_summary(decoded.skipped)}", file=sys.stderr)
+    return decoded
+
+
+def find_images(root: Path) -> list[tuple[str, str, Path]]:
+    """(split, class name, path) for every image file, in a fixed order; checks the layout."""
+    if (root / "train").is_dir():
+        roots = {split: root / split for split in SPLITS if (root / split).is_dir()}
+    else:
+        roots = {"train": root}
+    classes = {split: sorted(_subfolders(folder)) for split, folder in roots.items()}
+    train_names = [folder.name for folder in classes["train"]]
+    if len(train_names) < 2:
+        raise UserError(
+            f"{roots['train']} has {len(train_names)} class folder(s); a classifier needs at "
+            "least 2, one folder of images per class."
+        )
+    for split, folders in classes.items():
+        unknown = sorted({folder.name for folder in folders} - set(train_names))
+        if unknown:
+            raise UserError(
+                f"{roots[split]} has classes that {roots['train']} lacks ({', '.join(unknown)}); "
+                "every class needs training images."
+            )
+    return [
+        (split, folder.name, path)
+        for split, folders in classes.items()
+        for folder in folders
+        for path in _image_files(folder)
+    ]
+
+
+def decode_image(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image at `path` as a size×size×3 uint8 array, and its stored (width, height).
+
+    EXIF orientation is applied, transparency is composited onto white, 16-bit greyscale is
+    scaled to 8 bits, and the largest centred square is resized with bicubic filtering
+    (antialiased when shrinking).
+    """
+    with Image.open(path) as image:
+        original = image.size
+        # Large JPEGs decode directly at a reduced scale that is still at least `size`.
+        image.draft("RGB", (size, size))
+        image = _to_rgb(ImageOps.exif_transpose(image))
+        square = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+        return np.asarray(square, dtype=np.uint8), original
+
+
+def skipped_summary(skipped: tuple[str, ...] | list[str]) -> str:
+    """One sentence naming the first few unreadable files and counting the rest."""
+    shown = ", ".join(skipped[:_NAMES_SHOWN])
+    more = f" and {len(skipped) - _NAMES_SHOWN} more" if len(skipped) > _NAMES_SHOWN else ""
+    return f"skipped {len(skipped)} unreadable image file(s): {shown}{more}."
+
+
+def size_summary(original_sizes: np.ndarray) -> dict:
+    """The distribution of original image sizes: the most common, smallest and largest."""
+    sizes = Counter(f"{width}×{height}" for width, height in original_sizes.tolist())
+    areas = original_sizes.prod(axis=1)
+    smallest, largest = original_sizes[areas.argmin()], original_sizes[areas.argmax()]
+    common, count = sizes.most_common(1)[0]
+    return {
+        "most_common": common,
+        "most_common_count": count,
+        "distinct": len(sizes),
+        "smallest": f"{smallest[0]}×{smallest[1]}",
+        "largest": f"{largest[0]}×{largest[1]}",
+    }
+
+
+def _decode_dataset(root, files, class_names, image_size, quiet) -> dict[str, np.ndarray]:
+    paths = [path for _, _, path in files]
+    images, original_sizes, failed = decode_all(paths, image_size, quiet)
+    readable = np.setdiff1d(np.arange(len(paths)), failed)
+    labels = np.array([class_names.index(name) for _, name, _ in files], dtype=np.int64)
+    splits = np.array([SPLITS.index(split) for split, _, _ in files], dtype=np.int64)
+    skipped = [str(paths[index].relative_to(root)) for index in failed]
+    return {
+        "images": images[readable],
+        "labels": labels[readable],
+        "splits": splits[readable],
+        "original_sizes": original_sizes[readable],
+        "class_names": np.array(class_names, dtype=str),
+        "skipped": np.array(skipped, dtype=str),
+    }
+
+
+def decode_all(
+    paths: list[Path], size: int, quiet: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Decode `paths` in parallel: images (zeros where unreadable), sizes, unreadable indices."""
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    original_sizes = np.zeros((len(paths), 2), dtype=np.int64)
+    failed: list[int] = []
+    starts = range(0, len(paths), _CHUNK)
+    chunks = [[str(path) for path in paths[start : start + _CHUNK]] for start in starts]
+    with (
+        _executor(len(paths)) as executor,
+        tqdm(total=len(paths), desc="decode", unit="image", disable=quiet) as bar,
+    ):
+        for start, result in zip(
+            starts, executor.map(_decode_chunk, chunks, repeat(size)), strict=True
+        ):
+            chunk_images, chunk_sizes, chunk_failed = result
+            images[start : start + len(chunk_images)] = chunk_images
+            original_sizes[start : start + len(chunk_sizes)] = chunk_sizes
+            failed.extend(start + index for index in chunk_failed)
+            bar.update(len(chunk_images))
+    return images, original_sizes, failed
+
+
+def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    sizes = np.zeros((len(paths), 2), dtype=np.int64)
+    failed = []
+    for index, path in enumerate(paths):
+        try:
+            images[index], sizes[index] = decode_image(path, size)
+        # Any failure to decode a user's file (truncated, not an image, a decompression bomb)
+        # means the same thing: skip that file and report it.
+        except Exception:  # noqa: BLE001
+            failed.append(index)
+    return images, sizes, failed
+
+
+def _executor(num_images: int) -> Executor:
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if num_images < _PARALLEL_FROM or (workers or 1) < 2:
+        return ThreadPoolExecutor(max_workers=1)
+    # "spawn" because the parent may already run TensorFlow's threads, which forking can deadlock.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: keep the top 8 bits instead of clipping everything above 255.
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+    transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if not transparent:
+        return image.convert("RGB")
+    foreground = image.convert("RGBA")
+    background = Image.new("RGBA", foreground.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, foreground).convert("RGB")
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [child for child in folder.iterdir() if child.is_dir() and not _hidden(child)]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files anywhere below `folder`, sorted, skipping hidden files and folders."""
+    found = []
+    for parent, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found.extend(
+            Path(parent) / name
+            for name in files
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+        )
+    return sorted(found)
+
+
+def _holds_images(folder: Path) -> bool:
+    for _, _, files in os.walk(folder):
+        if any(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in files):
+            return True
+    return False
+
+
+def _hidden(path: Path) -> bool:
+    return path.name.startswith(".")
