@@ -143,33 +143,28 @@ def load_folders(
 ) -> Dataset:
     """A class-folder dataset, its missing test and validation splits carved out per class."""
     decoded = folders.read(root, image_size, quiet)
-    names = decoded.class_names
-    x_train, y_train = decoded.part("train")
+    # Splits are chosen as indices first, so each image is copied once into its split.
+    chosen = {split: decoded.indices(split) for split in folders.SPLITS}
     notes = {"val_fraction": val_fraction, "seed": seed}
-    if decoded.has("test"):
-        x_test, y_test = decoded.part("test")
-        notes["test_split"] = "the test/ folder"
-    else:
-        keep, held = stratified_split(y_train, test_fraction, seed, names, "test")
-        x_test, y_test, x_train, y_train = (
-            x_train[held],
-            y_train[held],
-            x_train[keep],
-            y_train[keep],
+    for split, fraction, purpose in (("test", test_fraction, "test"),
+                                     ("val", val_fraction, "validation")):  # fmt: skip
+        if len(chosen[split]):
+            notes[f"{split}_split"] = f"the {split}/ folder"
+            continue
+        train = chosen["train"]
+        keep, held = stratified_split(
+            decoded.labels[train], fraction, seed, decoded.class_names, purpose
         )
-        notes["test_split"] = f"{test_fraction:.0%} of each class, carved out with seed {seed}"
-    if decoded.has("val"):
-        x_val, y_val = decoded.part("val")
-        notes["val_split"] = "the val/ folder"
-    else:
-        keep, held = stratified_split(y_train, val_fraction, seed, names, "validation")
-        x_val, y_val, x_train, y_train = x_train[held], y_train[held], x_train[keep], y_train[keep]
-        notes["val_split"] = f"{val_fraction:.0%} of each class, carved out with seed {seed}"
+        chosen["train"], chosen[split] = train[keep], train[held]
+        notes[f"{split}_split"] = f"{fraction:.0%} of each class, carved out with seed {seed}"
     notes["original_sizes"] = folders.size_summary(decoded.original_sizes)
     if decoded.skipped:
         notes["skipped"] = folders.skipped_summary(decoded.skipped)
+    images, labels = decoded.images, decoded.labels
+    x_train, x_val, x_test = (images[chosen[split]] for split in ("train", "val", "test"))
+    y_train, y_val, y_test = (labels[chosen[split]] for split in ("train", "val", "test"))
     return Dataset(
-        x_train, y_train, x_val, y_val, x_test, y_test, names,
+        x_train, y_train, x_val, y_val, x_test, y_test, decoded.class_names,
         source=str(root), name=root.resolve().name, notes=notes,
     )  # fmt: skip
 
