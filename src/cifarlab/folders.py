@@ -63,7 +63,7 @@ def is_class_folder(path: Path) -> bool:
         return False
     if (path / "train").is_dir():
         return True
-    return any(_holds_images(child) for child in _subfolders(path))
+    return any(next(_scan(path, child.name), None) for child in _subfolders(path))
 
 
 def read(root: Path, image_size: int, quiet: bool = False) -> Decoded:
@@ -95,32 +95,32 @@ class ImageFile(NamedTuple):
 
 def find_images(root: Path) -> list[ImageFile]:
     """Every image file in a fixed order, after checking the layout has at least 2 classes."""
-    splits = (
-        [split for split in SPLITS if (root / split).is_dir()]
-        if (root / "train").is_dir()
-        else [""]
-    )
+    if (root / "train").is_dir():
+        prefixes = {split: split for split in SPLITS if (root / split).is_dir()}
+    else:
+        prefixes = {"train": ""}  # Class folders directly inside `root`: all of it trains.
     classes = {
-        split: sorted(folder.name for folder in _subfolders(root / split)) for split in splits
+        split: sorted(folder.name for folder in _subfolders(root / prefix))
+        for split, prefix in prefixes.items()
     }
-    train_names = classes[splits[0]]
-    if len(train_names) < 2:
+    train_folder = root / prefixes["train"]
+    if len(classes["train"]) < 2:
         raise UserError(
-            f"{root / splits[0]} has {len(train_names)} class folder(s); a classifier needs at "
+            f"{train_folder} has {len(classes['train'])} class folder(s); a classifier needs at "
             "least 2, one folder of images per class."
         )
     for split, names in classes.items():
-        unknown = sorted(set(names) - set(train_names))
+        unknown = sorted(set(names) - set(classes["train"]))
         if unknown:
             raise UserError(
-                f"{root / split} has classes that {root / splits[0]} lacks "
-                f"({', '.join(unknown)}); every class needs training images."
+                f"{root / split} has classes that {train_folder} lacks ({', '.join(unknown)}); "
+                "every class needs training images."
             )
     return [
-        ImageFile(split or "train", name, relative, size, modified)
+        ImageFile(split, name, relative, size, modified)
         for split, names in classes.items()
         for name in names
-        for relative, size, modified in _scan(root, f"{split}/{name}".lstrip("/"))
+        for relative, size, modified in _scan(root, f"{prefixes[split]}/{name}".lstrip("/"))
     ]
 
 
@@ -128,15 +128,16 @@ def decode_image(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, in
     """The image at `path` as a size×size×3 uint8 array, and its stored (width, height).
 
     EXIF orientation is applied, transparency is composited onto white, 16-bit greyscale is
-    scaled to 8 bits, and the largest centred square is resized with bicubic filtering
-    (antialiased when shrinking).
+    scaled to 8 bits, and the largest centred square is resized with a Lanczos filter, which
+    averages many source pixels per output pixel so large photos do not alias. These are the
+    rules `cifarlab predict` applies to a user's image, so training and inference agree.
     """
     with Image.open(path) as image:
         original = image.size
         # Large JPEGs decode directly at a reduced scale that is still at least `size`.
         image.draft("RGB", (size, size))
         image = _to_rgb(ImageOps.exif_transpose(image))
-        square = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+        square = ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS)
         return np.asarray(square, dtype=np.uint8), original
 
 
@@ -227,11 +228,15 @@ def _executor(num_images: int) -> Executor:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: keep the top 8 bits instead of clipping everything above 255.
-        pixels = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
-    transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    """8-bit RGB: wide integer and float pixels rescaled, transparency composited on white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+            pixels = pixels / 257.0  # 16-bit to 8-bit: 65535 maps to 255.
+        elif image.mode == "F" and pixels.max(initial=0) <= 1.0:
+            pixels = pixels * 255.0  # Float images usually hold values in [0, 1].
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
+    transparent = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
     if not transparent:
         return image.convert("RGB")
     foreground = image.convert("RGBA")
@@ -240,7 +245,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _subfolders(folder: Path) -> list[Path]:
-    return [child for child in folder.iterdir() if child.is_dir() and not _hidden(child)]
+    return [
+        child for child in folder.iterdir() if child.is_dir() and not child.name.startswith(".")
+    ]
 
 
 def _scan(root: Path, relative: str) -> Iterator[tuple[str, int, int]]:
@@ -258,14 +265,3 @@ def _scan(root: Path, relative: str) -> Iterator[tuple[str, int, int]]:
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 stat = entry.stat()
                 yield f"{relative}/{entry.name}", stat.st_size, stat.st_mtime_ns
-
-
-def _holds_images(folder: Path) -> bool:
-    for _, _, files in os.walk(folder):
-        if any(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in files):
-            return True
-    return False
-
-
-def _hidden(path: Path) -> bool:
-    return path.name.startswith(".")
