@@ -63,14 +63,14 @@ def train(
     from cifarlab import training
 
     if data is not None:
-        # A run records the split it trained on, so the data's split settings become the config's.
-        for key in ("seed", "val_fraction"):
-            if overrides.get(key, data.notes[key]) != data.notes[key]:
+        # A run records the split it trained on, so the data's settings become the config's.
+        for key, value in data.split_settings.items():
+            if overrides.get(key) is not None and overrides[key] != value:
                 raise UserError(
-                    f"The data was split with {key}={data.notes[key]} but the run asks for "
+                    f"The data was loaded with {key}={value} but the run asks for "
                     f"{key}={overrides[key]}; load the data with the same {key}."
                 )
-            overrides[key] = data.notes[key]
+            overrides[key] = value
     config = experiment_config(experiment, **overrides)
     if data is None:
         data = datasets.load_for(config, path, quiet=quiet)

@@ -8,6 +8,7 @@
     cifarlab predict runs/baseline photo.jpg photos/ --top-k 3
     cifarlab serve runs/baseline runs/batchnorm --port 8000
     cifarlab sweep baseline --grid learning_rate=1e-3,3e-3 --repeats 3 --data cifar-10-python.tar.gz
+    cifarlab train baseline --data my_photos/ --image-size 64
 
 Errors reach the user as one sentence: exit code 2 for bad input, 1 for failures.
 """
@@ -23,6 +24,9 @@ from cifarlab.errors import RunError, UserError
 
 # TensorFlow's start-up chatter (CUDA probes on a CPU machine) says nothing a user can act on.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,9 +49,20 @@ def fraction(text: str) -> float:
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, help="dataset archive or folder (default: cache)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="dataset archive, or folder (also of class folders); default: cache",
+    )
+    parser.add_argument(
+        "--dataset", choices=DATASETS, help="standard dataset to read (default cifar10)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for split and training")
     parser.add_argument("--val-fraction", type=fraction, default=0.2, help="validation share")
+    parser.add_argument(
+        "--test-fraction", type=fraction, help="test share of class folders without test/"
+    )
+    parser.add_argument("--image-size", type=positive_int, help="model input side in pixels")
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -161,6 +176,16 @@ def _training_overrides(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "val_fraction": args.val_fraction,
         "precision": args.precision,
+        **data_overrides(args),
+    }
+
+
+def data_overrides(args: argparse.Namespace) -> dict:
+    """The dataset settings given on the command line (None where left out)."""
+    return {
+        "dataset": args.dataset,
+        "image_size": args.image_size,
+        "test_fraction": args.test_fraction,
     }
 
 
@@ -199,10 +224,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _data_info(args: argparse.Namespace) -> int:
-    from cifarlab import data
+    from cifarlab import config, data
 
-    dataset = data.load(args.data, val_fraction=args.val_fraction, seed=args.seed)
-    print(data.describe(dataset))
+    settings = config.override(
+        config.Config(), seed=args.seed, val_fraction=args.val_fraction, **data_overrides(args)
+    )
+    print(data.describe(data.load_for(settings, args.data)))
     return 0
 
 
@@ -210,8 +237,9 @@ def _study(args: argparse.Namespace) -> int:
     from cifarlab import api
 
     dataset = api.load_data(
-        args.data, val_fraction=args.val_fraction, seed=args.seed, quiet=args.quiet
-    )
+        args.data, args.dataset or "cifar10", args.val_fraction, args.seed,
+        args.image_size or 32, args.test_fraction or 0.2, quiet=args.quiet,
+    )  # fmt: skip
     study = api.study(
         args.experiments.split(","),
         data=dataset,

@@ -1,33 +1,32 @@
-"""The notebook's steps A–C: find CIFAR-10, read it safely, and split it reproducibly.
+"""The notebook's steps A–C: find the data, read it safely, and split it reproducibly.
 
-Images stay uint8 in memory; scaling to [0, 1] and one-hot labels happen per batch in
-`cifarlab.pipeline`. The split is the notebook's: a seeded random share of the training
-images becomes the validation set, and the official test set is kept apart for the end.
+`load` is the one entry point. A `--data` folder of class folders is read by
+`cifarlab.folders`; otherwise `dataset` names a standard set read by `cifarlab.datasets`
+(CIFAR-10 by default). Images stay uint8 in memory; scaling to [0, 1] and one-hot labels
+happen per batch in `cifarlab.pipeline`. As in the notebook, a seeded random share of the
+training images becomes the validation set, and the test set is kept apart for the end; a
+class-folder dataset without a `test/` folder has a stratified test share carved out first.
 
     cifarlab data info --data cifar-10-python.tar.gz
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cifarlab import archives
+from cifarlab import cache, datasets, folders
 from cifarlab.errors import UserError
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
-CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
-_TRAIN_BATCHES = tuple(f"data_batch_{index}" for index in range(1, 6))
-_BATCHES = (*_TRAIN_BATCHES, "test_batch")
+_CIFAR10 = datasets.STANDARDS["cifar10"]
+CIFAR10_URL = _CIFAR10.downloads[0].url
+CIFAR10_SHA256 = _CIFAR10.downloads[0].sha256
+CIFAR10_ARCHIVE = _CIFAR10.downloads[0].file
+CIFAR10_FOLDER = _CIFAR10.folder
+CIFAR10_CLASSES = datasets.CIFAR10_CLASSES
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,15 @@ class Dataset:
             f"Dataset({self.name}: {sizes} images of {'×'.join(map(str, self.image_shape))}, "
             f"{self.num_classes} classes, from {self.source})"
         )
+
+    @property
+    def split_settings(self) -> dict:
+        """The config fields this data was loaded with, which a run on it must record."""
+        return {
+            "seed": self.notes["seed"],
+            "val_fraction": self.notes["val_fraction"],
+            "image_size": int(self.x_train.shape[1]),
+        }
 
     @property
     def num_classes(self) -> int:
@@ -78,18 +86,25 @@ def load(
     test_fraction: float = 0.2,
     quiet: bool = False,
 ) -> Dataset:
-    """The dataset at `path` (archive, batches folder or a folder holding either), split.
+    """The data at `path` (or `$CIFARLAB_DATA`), split, with images `image_size` pixels square.
 
-    Without `path`: `$CIFARLAB_DATA`, else the per-user cache, else the official download.
-    `test_fraction` applies only to datasets without their own test split.
+    A folder of class folders is read as such; anything else is standard dataset `dataset`
+    (archive, extracted folder, or a folder holding either), and without a path it comes from
+    the per-user cache, else the official download. `test_fraction` applies only to
+    class-folder datasets without a `test/` folder.
     """
-    if dataset != "cifar10":
-        raise UserError(f"Unknown dataset '{dataset}'; choose cifar10.")
-    if image_size != 32:
-        raise UserError(f"CIFAR-10 images are 32 pixels square, not {image_size}.")
-    source = locate(path, quiet=quiet)
-    x_train, y_train, x_test, y_test = read_cifar10(source)
-    return split(x_train, y_train, x_test, y_test, CIFAR10_CLASSES, str(source), val_fraction, seed)
+    path = given_path(path)
+    if path is not None and folders.is_class_folder(path):
+        if dataset != "cifar10":
+            raise UserError(
+                f"{path} is a folder of class folders, not {dataset}; leave out --dataset."
+            )
+        return load_folders(path, val_fraction, seed, image_size, test_fraction, quiet)
+    arrays = datasets.read(dataset, path, image_size, quiet)
+    return split(
+        arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test, arrays.class_names,
+        arrays.source, val_fraction, seed, dataset, arrays.notes,
+    )  # fmt: skip
 
 
 def load_for(config, path: str | Path | None = None, quiet: bool = False) -> Dataset:
@@ -134,90 +149,76 @@ def split(
     )
 
 
+def load_folders(
+    root: Path,
+    val_fraction: float,
+    seed: int,
+    image_size: int,
+    test_fraction: float,
+    quiet: bool = False,
+) -> Dataset:
+    """A class-folder dataset, its missing test and validation splits carved out per class."""
+    decoded = folders.read(root, image_size, quiet)
+    # Splits are chosen as indices first, so each image is copied once into its split.
+    chosen = {split: decoded.indices(split) for split in folders.SPLITS}
+    notes = {"val_fraction": val_fraction, "seed": seed}
+    for split, fraction, purpose in (("test", test_fraction, "test"),
+                                     ("val", val_fraction, "validation")):  # fmt: skip
+        if len(chosen[split]):
+            notes[f"{split}_split"] = f"the {split}/ folder"
+            continue
+        train = chosen["train"]
+        keep, held = stratified_split(
+            decoded.labels[train], fraction, seed, decoded.class_names, purpose
+        )
+        chosen["train"], chosen[split] = train[keep], train[held]
+        notes[f"{split}_split"] = f"{fraction:.0%} of each class, carved out with seed {seed}"
+    notes["original_sizes"] = folders.size_summary(decoded.original_sizes)
+    if decoded.skipped:
+        notes["skipped"] = folders.skipped_summary(decoded.skipped)
+    images, labels = decoded.images, decoded.labels
+    x_train, x_val, x_test = (images[chosen[split]] for split in ("train", "val", "test"))
+    y_train, y_val, y_test = (labels[chosen[split]] for split in ("train", "val", "test"))
+    return Dataset(
+        x_train, y_train, x_val, y_val, x_test, y_test, decoded.class_names,
+        source=str(root), name=root.resolve().name, notes=notes,
+    )  # fmt: skip
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, class_names: tuple[str, ...], purpose: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices kept and held out: a seeded `fraction` of every class, at least one image each."""
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for index, name in enumerate(class_names):
+        members = rng.permutation(np.flatnonzero(labels == index))
+        num_held = max(1, round(fraction * len(members)))
+        if num_held >= len(members):
+            raise UserError(
+                f"Class '{name}' has {len(members)} image(s) left, too few to hold out "
+                f"{fraction:.0%} for {purpose} and still train on it; add images to it."
+            )
+        held.append(members[:num_held])
+        kept.append(members[num_held:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
 def cache_dir() -> Path:
     """The per-user cache: `$XDG_CACHE_HOME/cifarlab`, else `~/.cache/cifarlab`."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cifarlab"
+    return cache.directory()
 
 
 def locate(path: str | Path | None = None, quiet: bool = False) -> Path:
     """The CIFAR-10 archive or batches folder to read, downloading it only as the last resort."""
+    return datasets.locate(_CIFAR10, given_path(path), quiet)
+
+
+def given_path(path: str | Path | None) -> Path | None:
+    """`path`, else `$CIFARLAB_DATA`, else None (meaning the cache or a download)."""
     if path is None and os.environ.get("CIFARLAB_DATA"):
         path = os.environ["CIFARLAB_DATA"]
-    if path is not None:
-        return _resolve(Path(path).expanduser())
-    cached = cache_dir() / CIFAR10_ARCHIVE
-    if cached.is_file():
-        return cached
-    return archives.download(CIFAR10_URL, cached, CIFAR10_SHA256, quiet=quiet)
-
-
-def _resolve(path: Path) -> Path:
-    if not path.exists():
-        raise UserError(f"Data path {path} does not exist; pass an existing archive or folder.")
-    if path.is_file():
-        return path
-    if all((path / name).is_file() for name in _BATCHES):
-        return path
-    for candidate in (path / CIFAR10_FOLDER, path / CIFAR10_ARCHIVE):
-        if candidate.exists():
-            return _resolve(candidate)
-    raise UserError(
-        f"{path} holds neither {CIFAR10_ARCHIVE} nor a {CIFAR10_FOLDER} folder; "
-        "point --data at one of them."
-    )
-
-
-def read_cifar10(source: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train and test images (N×32×32×3 uint8) and labels from an archive or batches folder.
-
-    Decoded arrays are cached under the per-user cache, keyed by the source's files, so a second
-    read takes well under a second.
-    """
-    cached = cache_dir() / "decoded" / f"cifar10-{_fingerprint(source)}.npz"
-    if cached.is_file():
-        with np.load(cached) as arrays:
-            return tuple(arrays[key] for key in ("x_train", "y_train", "x_test", "y_test"))
-    if source.is_dir():
-        payloads = {name: (source / name).read_bytes() for name in _BATCHES}
-    else:
-        payloads = archives.read_tar_members(source, set(_BATCHES))
-    missing = [name for name in _BATCHES if name not in payloads]
-    if missing:
-        raise UserError(f"{source} lacks {', '.join(missing)}; it is not a CIFAR-10 archive.")
-    train = [_read_batch(payloads[name], f"{source}:{name}") for name in _TRAIN_BATCHES]
-    x_test, y_test = _read_batch(payloads["test_batch"], f"{source}:test_batch")
-    x_train = np.concatenate([images for images, _ in train])
-    y_train = np.concatenate([labels for _, labels in train])
-    _save_atomically(cached, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return x_train, y_train, x_test, y_test
-
-
-def _read_batch(payload: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
-    batch = archives.safe_unpickle(payload, source)
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise UserError(f"{source} is not a CIFAR-10 batch (no data and labels); replace it.")
-    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise UserError(f"{source} holds {data.dtype} rows of shape {data.shape}, not uint8×3072.")
-    if labels.shape != (len(data),) or (len(labels) and not 0 <= labels.min() <= labels.max() < 10):
-        raise UserError(f"{source} has {labels.shape} labels for {len(data)} images, or not 0–9.")
-    # Each row is the red plane, then green, then blue, 32×32 each.
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels.astype(np.int64)
-
-
-def _fingerprint(source: Path) -> str:
-    files = sorted(source.iterdir()) if source.is_dir() else [source]
-    stats = [(str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns) for file in files]
-    return hashlib.sha1(repr(stats).encode()).hexdigest()[:16]
-
-
-def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.part.npz")
-    np.savez(partial, **arrays)
-    os.replace(partial, path)
+    return Path(path).expanduser() if path is not None else None
 
 
 def describe(dataset: Dataset) -> str:
@@ -234,4 +235,22 @@ def describe(dataset: Dataset) -> str:
         lines.append(f"{name:<{width}}  {row[0]:>7} {row[1]:>7} {row[2]:>7}")
     totals = [sum(counts[split]) for split in ("train", "val", "test")]
     lines.append(f"{'total':<{width}}  {totals[0]:>7} {totals[1]:>7} {totals[2]:>7}")
-    return "\n".join(lines)
+    return "\n".join(lines + _describe_notes(dataset.notes))
+
+
+def _describe_notes(notes: dict) -> list[str]:
+    lines = [f"{key.replace('_', ' ')}: {notes[key]}" for key in ("test_split", "val_split")
+             if key in notes]  # fmt: skip
+    sizes = notes.get("original_sizes")
+    if sizes and sizes["distinct"] == 1:
+        lines.append(f"original image size: {sizes['most_common']}")
+    elif sizes:
+        lines.append(
+            f"original image sizes: {sizes['distinct']} distinct, most common "
+            f"{sizes['most_common']} ({sizes['most_common_count']} images), smallest "
+            f"{sizes['smallest']}, largest {sizes['largest']}"
+        )
+    if "channels" in notes:
+        lines.append(f"channels: {notes['channels']}")
+    lines.append(notes.get("skipped", "skipped: none"))
+    return lines

@@ -43,9 +43,10 @@ def run(
     """
     if projection not in PROJECTIONS:
         raise UserError(f"Unknown projection '{projection}'; choose {' or '.join(PROJECTIONS)}.")
-    if data is not None:
-        seed, val_fraction = data.notes["seed"], data.notes["val_fraction"]
-    study_configs = experiment_configs(experiments, epochs, seed, precision, val_fraction)
+    settings = data.split_settings if data is not None else {"seed": seed}
+    if data is None and val_fraction is not None:
+        settings["val_fraction"] = val_fraction
+    study_configs = experiment_configs(experiments, epochs, precision, **settings)
     # Every experiment shares the dataset, split and seed, so the images are read once.
     dataset = data if data is not None else datasets.load_for(study_configs[0], path, quiet=quiet)
     out_dir = Path(out_dir)
@@ -60,7 +61,7 @@ def run(
     return report.build(run_dirs, out_dir)
 
 
-def experiment_configs(experiments, epochs, seed, precision, val_fraction) -> list[Config]:
+def experiment_configs(experiments, epochs, precision, **settings) -> list[Config]:
     """The named experiments with the study's shared overrides; names must be distinct."""
     names = [configs.experiment(name.strip()).name for name in experiments if name.strip()]
     if not names:
@@ -68,13 +69,7 @@ def experiment_configs(experiments, epochs, seed, precision, val_fraction) -> li
     if len(set(names)) != len(names):
         raise UserError(f"Each experiment may appear once in a study, not {', '.join(names)}.")
     return [
-        configs.override(
-            configs.experiment(name),
-            epochs=epochs,
-            seed=seed,
-            precision=precision,
-            val_fraction=val_fraction,
-        )
+        configs.override(configs.experiment(name), epochs=epochs, precision=precision, **settings)
         for name in names
     ]
 
