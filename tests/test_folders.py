@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import cache, cli, data, folders
+from cifarlab import cache, cli, data, images
 from cifarlab.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -105,10 +105,10 @@ def test_loads_every_readable_image_with_folder_names_as_classes(photo_folder, c
 def test_image_conversion_follows_the_rules(tmp_path):
     transparent = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
     transparent.save(tmp_path / "clear.png")
-    assert (folders.decode_image(tmp_path / "clear.png", 8)[0] == 255).all()
+    assert (images.decode(tmp_path / "clear.png", 8)[0] == 255).all()
 
     Image.fromarray(np.full((12, 30), 32768, dtype=np.uint16)).save(tmp_path / "deep.png")
-    pixels, original = folders.decode_image(tmp_path / "deep.png", 8)
+    pixels, original = images.decode(tmp_path / "deep.png", 8)
     # Half of the 16-bit range is half of the 8-bit range, the same in all three channels.
     assert original == (30, 12) and pixels.shape == (8, 8, 3)
     assert np.all(np.abs(pixels.astype(int) - 127) <= 1)
@@ -120,7 +120,7 @@ def test_image_conversion_follows_the_rules(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(stored).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
-    pixels, _ = folders.decode_image(tmp_path / "rotated.jpg", 8)
+    pixels, _ = images.decode(tmp_path / "rotated.jpg", 8)
     assert pixels[:, :3].mean() > 200 and pixels[:, 5:].mean() < 50
 
 

@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from cifarlab import cache
+from cifarlab import images as images_module
 from cifarlab.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "val", "test")
-DECODER_VERSION = 1  # Part of the cache key: change it when decode_image changes its output.
+DECODER_VERSION = 2  # Part of the cache key: change it when images.decode changes its output.
 _CHUNK = 500  # Images per task handed to a worker process.
 _PARALLEL_FROM = 2000  # Below this many images, starting worker processes costs more than it saves.
 _NAMES_SHOWN = 5  # Skipped files named in warnings; the rest are counted.
@@ -124,23 +124,6 @@ def find_images(root: Path) -> list[ImageFile]:
     ]
 
 
-def decode_image(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """The image at `path` as a size×size×3 uint8 array, and its stored (width, height).
-
-    EXIF orientation is applied, transparency is composited onto white, 16-bit greyscale is
-    scaled to 8 bits, and the largest centred square is resized with a Lanczos filter, which
-    averages many source pixels per output pixel so large photos do not alias. These are the
-    rules `cifarlab predict` applies to a user's image, so training and inference agree.
-    """
-    with Image.open(path) as image:
-        original = image.size
-        # Large JPEGs decode directly at a reduced scale that is still at least `size`.
-        image.draft("RGB", (size, size))
-        image = _to_rgb(ImageOps.exif_transpose(image))
-        square = ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS)
-        return np.asarray(square, dtype=np.uint8), original
-
-
 def skipped_summary(skipped: tuple[str, ...] | list[str]) -> str:
     """One sentence naming the first few unreadable files and counting the rest."""
     shown = ", ".join(skipped[:_NAMES_SHOWN])
@@ -211,7 +194,8 @@ def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray, 
     failed = []
     for index, path in enumerate(paths):
         try:
-            images[index], sizes[index] = decode_image(path, size)
+            # The same rules as `cifarlab predict`, so training and inference images agree.
+            images[index], sizes[index] = images_module.decode(path, size)
         # Any failure to decode a user's file (truncated, not an image, a decompression bomb)
         # means the same thing: skip that file and report it.
         except Exception:  # noqa: BLE001
@@ -225,23 +209,6 @@ def _executor(num_images: int) -> Executor:
         return ThreadPoolExecutor(max_workers=1)
     # "spawn" because the parent may already run TensorFlow's threads, which forking can deadlock.
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB: wide integer and float pixels rescaled, transparency composited on white."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
-            pixels = pixels / 257.0  # 16-bit to 8-bit: 65535 maps to 255.
-        elif image.mode == "F" and pixels.max(initial=0) <= 1.0:
-            pixels = pixels * 255.0  # Float images usually hold values in [0, 1].
-        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
-    transparent = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    if not transparent:
-        return image.convert("RGB")
-    foreground = image.convert("RGBA")
-    background = Image.new("RGBA", foreground.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, foreground).convert("RGB")
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -58,6 +58,11 @@ def load(source: str | Path | bytes, image_size: int = 32) -> np.ndarray:
 
     Raises `UserError` with one sentence if it is not an image, is truncated or is too large.
     """
+    return decode(source, image_size)[0]
+
+
+def decode(source: str | Path | bytes, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """As `load`, also returning the image's stored (width, height); used for datasets too."""
     name = "the upload" if isinstance(source, bytes) else str(source)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -70,7 +75,7 @@ def load(source: str | Path | bytes, image_size: int = 32) -> np.ndarray:
                 )
             # For JPEG, decode at a reduced scale that still leaves 4× the output resolution.
             image.draft("RGB", (image_size * 4, image_size * 4))
-            return _square(_to_rgb(ImageOps.exif_transpose(image)), image_size)
+            return _square(_to_rgb(ImageOps.exif_transpose(image)), image_size), (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageTooLargeError(
             f"{name} has too many pixels to decode safely ({error})."
