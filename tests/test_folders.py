@@ -242,3 +242,20 @@ def test_real_jpeg_folders_train_well_above_chance(cifar10_jpeg_subset, tmp_path
     # Measured test accuracy after 3 epochs on 2,400 training images: 0.414, 0.395, 0.401
     # (seeds 0, 1, 2; CPU). Chance is 0.10; the bar leaves room for noise across machines.
     assert metrics["test"]["accuracy"] > 0.25
+
+
+def test_study_and_predict_use_the_folders_class_names(photo_folder, tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["study", "--data", str(photo_folder), "--out", str(out), "--epochs", "1"]
+    argv += ["--experiments", "baseline,augmented", "--image-size", "24", "--quiet"]
+    assert cli.main(argv) == 0
+    metrics = json.loads((out / "baseline" / "metrics.json").read_text())
+    assert metrics["class_names"] == list(CLASSES) and "diagnosis" in metrics
+    assert json.loads((out / "baseline" / "config.json").read_text())["image_size"] == 24
+    assert all(name in (out / "report.md").read_text() for name in CLASSES)
+
+    photo = next(path for path in sorted(photo_folder.rglob("*.png")))
+    capsys.readouterr()
+    assert cli.main(["predict", str(out / "baseline"), str(photo), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert {entry["class"] for entry in answer["top"]} <= set(CLASSES)
