@@ -77,3 +77,30 @@ def compile_model(model: keras.Model, config: Config, steps_per_execution: int =
 def feature_extractor(model: keras.Model) -> keras.Model:
     """A model mapping images to the 512-d penultimate features of `model`."""
     return keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+
+
+def summary(model: keras.Model) -> str:
+    """The model's layer table as plain text, in the notebook's `model.summary()` layout.
+
+    Written by hand rather than by `model.summary`, whose rich console writes to the notebook
+    itself when run inside Jupyter.
+    """
+    rows = [("Layer (type)", "Output Shape", "Param #")]
+    for layer in model.layers:
+        shape = tuple(layer.output.shape)
+        rows.append(
+            (f"{layer.name} ({type(layer).__name__})", str(shape), f"{layer.count_params():,}")
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    lines = [f'Model: "{model.name}"']
+    lines += [
+        f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}" for row in rows
+    ]
+    trainable = sum(int(keras.ops.size(weight)) for weight in model.trainable_weights)
+    total = model.count_params()
+    lines += [
+        f"Total params: {total:,}",
+        f"Trainable params: {trainable:,}",
+        f"Non-trainable params: {total - trainable:,}",
+    ]
+    return "\n".join(lines) + "\n"

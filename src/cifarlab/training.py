@@ -46,7 +46,7 @@ def run(
     _write_json(
         out_dir / "environment.json", {**environment.describe(precision), "data": data.source}
     )
-    model.summary(print_fn=_appender(out_dir / "summary.txt"))
+    (out_dir / "summary.txt").write_text(models.summary(model))
 
     history_path = out_dir / "history.csv"
     initial_epoch = _resume_epoch(out_dir, config)
@@ -77,7 +77,6 @@ def prepare_folder(config: Config, out_dir: Path, overwrite: bool) -> None:
         elif (out_dir / "metrics.json").is_file():
             raise UserError(f"{out_dir} holds a finished run; pass --overwrite to train it again.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.txt").write_text("")
 
 
 def _fit(model, config, data, out_dir, best_so_far, quiet, tensorboard) -> bool:
@@ -154,14 +153,6 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["seconds"] = time.perf_counter() - self.started
-
-
-def _appender(path: Path):
-    def append(line: str, *args, **kwargs) -> None:
-        with open(path, "a") as file:
-            file.write(line + "\n")
-
-    return append
 
 
 def _write_json(path: Path, values: dict) -> None:
