@@ -259,3 +259,16 @@ def test_study_and_predict_use_the_folders_class_names(photo_folder, tmp_path, c
     assert cli.main(["predict", str(out / "baseline"), str(photo), "--json"]) == 0
     answer = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert {entry["class"] for entry in answer["top"]} <= set(CLASSES)
+
+
+def test_a_packed_class_folder_archive_loads_like_the_folder(photo_folder, tmp_path):
+    archive = tmp_path / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(photo_folder, arcname="photos")  # One wrapping folder, as people pack them.
+    from_archive = data.load(archive, quiet=True)
+    from_folder = data.load(photo_folder, quiet=True)
+    assert from_archive.class_names == from_folder.class_names
+    assert from_archive.counts() == from_folder.counts()
+    np.testing.assert_array_equal(from_archive.x_test, from_folder.x_test)
+    assert from_archive.name == "photos" and from_archive.source == str(archive)
+    assert data.load(archive, quiet=True).counts() == from_folder.counts()  # From the cache.

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 import urllib.error
@@ -116,4 +117,49 @@ def download(url: str, destination: Path, sha256: str, quiet: bool = False) -> P
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+    return destination
+
+
+def holds_images(archive: Path, suffixes: frozenset[str], sample: int = 50) -> bool:
+    """True if `archive` is a tar archive most of whose first `sample` files are images.
+
+    Such an archive is a class-folder dataset packed up (`train/cat/0001.jpg`, ...), as opposed
+    to a standard dataset's archive of pickles or arrays; a few stray files may ride along.
+    """
+    if not archive.is_file() or not tarfile.is_tarfile(archive):
+        return False
+    images = others = 0
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                if member.isfile():
+                    is_image = PurePosixPath(member.name).suffix.lower() in suffixes
+                    images, others = images + is_image, others + (not is_image)
+                if images + others >= sample:
+                    break
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        return False
+    return images > others
+
+
+def extract(archive: Path, destination: Path) -> Path:
+    """Extract `archive` into `destination` (once), only regular files and folders inside it.
+
+    The files appear under `destination` only when all are written, so an interrupted
+    extraction is redone rather than half used.
+    """
+    if destination.is_dir():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=destination.parent, suffix=".part"))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = [m for m in _checked_members(tar, archive) if m.isfile() or m.isdir()]
+            tar.extractall(partial, members=members, filter="data")
+        os.replace(partial, destination)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise UserError(f"{archive} could not be extracted ({error}); check the file.") from error
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
     return destination

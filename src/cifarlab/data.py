@@ -12,13 +12,14 @@ class-folder dataset without a `test/` folder has a stratified test share carved
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cifarlab import cache, datasets, folders
+from cifarlab import archives, cache, datasets, folders
 from cifarlab.errors import UserError
 
 _CIFAR10 = datasets.STANDARDS["cifar10"]
@@ -94,6 +95,10 @@ def load(
     class-folder datasets without a `test/` folder.
     """
     path = given_path(path)
+    if path is not None and archives.holds_images(path, folders.IMAGE_SUFFIXES):
+        return _load_folder_archive(
+            path, val_fraction, seed, image_size, test_fraction, quiet=quiet
+        )
     if path is not None and folders.is_class_folder(path):
         if dataset != "cifar10":
             raise UserError(
@@ -147,6 +152,20 @@ def split(
         name=name,
         notes={"val_fraction": val_fraction, "seed": seed, **(notes or {})},
     )
+
+
+def _load_folder_archive(archive: Path, *settings, quiet: bool = False) -> Dataset:
+    """A class-folder dataset packed as a tar archive, extracted once into the cache."""
+    key = cache.fingerprint(cache.file_entries(archive))
+    root = archives.extract(archive, cache.directory() / "extracted" / f"{archive.name}-{key}")
+    children = [child for child in root.iterdir() if child.is_dir()]
+    if len(children) == 1:
+        root = children[0]  # One class is no dataset: the archive wraps its folders in one.
+    if not folders.is_class_folder(root):
+        raise UserError(f"{archive} holds images but not in one folder per class.")
+    dataset = load_folders(root, *settings, quiet=quiet)
+    name = archive.name.removesuffix(".gz").removesuffix(".tar").removesuffix(".tgz")
+    return dataclasses.replace(dataset, source=str(archive), name=name)
 
 
 def load_folders(
