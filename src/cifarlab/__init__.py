@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
+# The public API, the names of `cifarlab.api.__all__`, listed here so `import cifarlab` stays cheap.
 __all__ = [
     "Run", "Study", "build_report", "evaluate", "experiment_config", "load_data", "open_run",
     "predict", "study", "train",

@@ -14,27 +14,14 @@ from pathlib import Path
 
 from cifarlab import config as configs
 from cifarlab.data import Dataset
+from cifarlab.data import load as load_data
 from cifarlab.errors import UserError
 from cifarlab.runs import Run, Study
 
-
-def load_data(
-    path: str | Path | None = None,
-    dataset: str = "cifar10",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    image_size: int = 32,
-    test_fraction: float = 0.2,
-    quiet: bool = False,
-) -> Dataset:
-    """Read and split a dataset: an official archive or folder, or the cache, or a download.
-
-    `val_fraction` of the training images (chosen by `seed`) become the validation set;
-    `test_fraction` applies only to datasets without their own test split.
-    """
-    from cifarlab import data
-
-    return data.load(path, dataset, val_fraction, seed, image_size, test_fraction, quiet)
+__all__ = [
+    "Run", "Study", "build_report", "evaluate", "experiment_config", "load_data", "open_run",
+    "predict", "study", "train",
+]  # fmt: skip
 
 
 def experiment_config(experiment: str | configs.Config, **overrides: object) -> configs.Config:

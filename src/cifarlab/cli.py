@@ -223,26 +223,29 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_info(args: argparse.Namespace) -> int:
+def _dataset(args: argparse.Namespace):
+    """The dataset the command line names, split as its options say."""
     from cifarlab import config, data
 
     settings = config.override(
         config.Config(), seed=args.seed, val_fraction=args.val_fraction, **data_overrides(args)
     )
-    print(data.describe(data.load_for(settings, args.data)))
+    return data.load_for(settings, args.data, quiet=getattr(args, "quiet", False))
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from cifarlab import data
+
+    print(data.describe(_dataset(args)))
     return 0
 
 
 def _study(args: argparse.Namespace) -> int:
     from cifarlab import api
 
-    dataset = api.load_data(
-        args.data, args.dataset or "cifar10", args.val_fraction, args.seed,
-        args.image_size or 32, args.test_fraction or 0.2, quiet=args.quiet,
-    )  # fmt: skip
     study = api.study(
         args.experiments.split(","),
-        data=dataset,
+        data=_dataset(args),
         out=args.out,
         epochs=args.epochs,
         precision=args.precision,
