@@ -288,6 +288,7 @@ def _report(args: argparse.Namespace) -> int:
 
     written = api.build_report(args.run_dirs, args.out)
     print(f"Report: {written['report.html']}")
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
