@@ -199,13 +199,9 @@ def markdown(page: Page) -> str:
     lines += [f"- **{label}:** {text}" for label, text in context_lines(page)]
     lines += ["", "## Results", "", _markdown_table(page.columns, page.rows), "", SCORES_NOTE, ""]
     if page.summary:
-        lines += [
-            "## Across seeds",
-            "",
-            _markdown_table(seeds.DISPLAY_COLUMNS, seeds.display_rows(page.summary)),
-            "",
-        ]
-        lines += [seeds.NOTE, "", *(f"- {sentence}" for sentence in page.sentences), ""]
+        table = _markdown_table(seeds.DISPLAY_COLUMNS, seeds.display_rows(page.summary))
+        lines += ["## Across seeds", "", table, "", seeds.NOTE, ""]
+        lines += [f"- {sentence}" for sentence in page.sentences] + [""]
     lines += ["## Diagnosis", "", "Verdict rules:", ""]
     lines += [f"- {rule}" for rule in page.rules]
     lines += ["", _markdown_table(DIAGNOSIS_TABLE, diagnosis_rows(page)), "", DIAGNOSIS_NOTE, ""]

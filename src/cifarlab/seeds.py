@@ -33,7 +33,7 @@ DISPLAY_COLUMNS = {  # The report's "Across seeds" table: (heading, format) of `
 REFERENCE = "baseline"  # What every other experiment is compared with, when it is present.
 NOTE = (
     "Mean ± sample standard deviation across seeds, with the Student-t 95% confidence interval "
-    "of the mean in brackets. Each seed changes the validation split, the initial weights and "
+    "of the mean in parentheses. Each seed changes the validation split, the initial weights and "
     "the order of the batches. Differences are the Welch 95% interval of the difference of the "
     "means; one that includes zero is within noise."
 )

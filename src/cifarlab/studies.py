@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cifarlab import config as configs
 from cifarlab import data as datasets
@@ -25,6 +26,9 @@ from cifarlab import diagnosis, figures, report, training
 from cifarlab.config import Config
 from cifarlab.data import Dataset
 from cifarlab.errors import RunError, UserError
+
+if TYPE_CHECKING:  # Importing distributed imports Ray, which only repeated studies need.
+    from cifarlab.distributed import RayOptions
 
 DEFAULT_EXPERIMENTS = ("baseline", "augmented", "batchnorm")
 PROJECTIONS = ("pca", "tsne")
@@ -42,7 +46,7 @@ def run(
     val_fraction: float | None = None,
     projection: str = "pca",
     repeats: int = 1,
-    ray_options=None,
+    ray_options: RayOptions | None = None,
     **data_settings: object,
 ) -> dict:
     """Train (or reuse) each experiment under `out_dir`, then build the report; return its paths.
@@ -56,16 +60,16 @@ def run(
         raise UserError(f"Unknown projection '{projection}'; choose {' or '.join(PROJECTIONS)}.")
     if repeats < 1:
         raise UserError(f"repeats must be a positive whole number, not {repeats}.")
+    if repeats > 1 and data is not None:
+        raise UserError(
+            "With repeats each run loads its own seed's split, so give the data's path "
+            "instead of loaded data."
+        )
     settings = data.split_settings if data is not None else {"seed": seed, **data_settings}
     if data is None and val_fraction is not None:
         settings["val_fraction"] = val_fraction
     study_configs = experiment_configs(experiments, epochs, precision, **settings)
     if repeats > 1:
-        if data is not None:
-            raise UserError(
-                "With repeats each run loads its own seed's split, so give the data's path "
-                "instead of loaded data."
-            )
         return run_repeated(study_configs, repeats, Path(out_dir), path, quiet, projection,
                             ray_options)  # fmt: skip
     # Every experiment shares the dataset, split and seed, so the images are read once.
@@ -86,10 +90,10 @@ def run_repeated(
     study_configs: list[Config],
     repeats: int,
     out_dir: Path,
-    path,
+    path: str | Path | None,
     quiet: bool,
     projection: str,
-    ray_options,
+    ray_options: RayOptions | None,
 ) -> dict:
     """Train each config with `repeats` consecutive seeds as Ray tasks, then build the report."""
     from cifarlab import distributed
@@ -108,14 +112,14 @@ def run_repeated(
             f"{len(outcome.failed)} of {len(jobs)} runs failed (first: {run_dir}: {reason}); "
             "rerun the same command to retry them."
         )
-    trained = {Path(run_dir).resolve() for run_dir in outcome.finished}
-    first_seed = [job for job in jobs if job.config.seed == study_configs[0].seed]
-    dataset = None
     for job in jobs:
         record_diagnosis(job.out_dir)
-    for job in first_seed:
+    trained = {Path(run_dir).resolve() for run_dir in outcome.finished}
+    dataset = None  # Only the first seed's split is loaded: it serves its runs' figures.
+    for job in jobs:
+        if job.config.seed != study_configs[0].seed:
+            continue
         if job.out_dir.resolve() in trained or figures.missing(job.out_dir):
-            # Only the first seed's split is loaded: it serves every experiment's figures.
             if dataset is None:
                 dataset = datasets.load_for(job.config, path, quiet=quiet)
             figures.write(job.out_dir, dataset, projection)
