@@ -91,17 +91,30 @@ def study(
     precision: str | None = None,
     projection: str = "pca",
     quiet: bool = False,
+    repeats: int = 1,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    cpus_per_run: float = 1,
+    gpus_per_run: float = 0,
+    **data_settings: object,
 ) -> Study:
     """Train (or reuse) each experiment under `out`, draw its figures, and write the report.
 
-    Finished runs in `out` are reused and an interrupted one resumes. In Jupyter the returned
-    `Study` shows its results table and diagnosis.
+    Finished runs in `out` are reused and an interrupted one resumes. With `repeats` K > 1 each
+    experiment is trained with K seeds as Ray tasks (a local Ray unless `ray_address` names a
+    cluster; `workers` runs at once), each reading the data from `path` itself, and the report
+    gives mean, spread and 95% intervals across seeds. `data_settings` are `val_fraction`,
+    `dataset`, `image_size` and `test_fraction` for data read from `path`. In Jupyter the
+    returned `Study` shows its results and diagnosis.
     """
     from cifarlab import studies
+    from cifarlab.distributed import RayOptions
 
+    options = RayOptions(ray_address, workers, cpus_per_run, gpus_per_run)
     studies.run(
         experiments, out, data=data, path=path, epochs=epochs, seed=seed, quiet=quiet,
-        precision=precision, projection=projection,
+        precision=precision, projection=projection, repeats=repeats, ray_options=options,
+        **data_settings,
     )  # fmt: skip
     return Study(Path(out))
 

@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto"
     )
     study.add_argument("--quiet", action="store_true", help="one log line per epoch")
+    study.add_argument(
+        "--repeats", type=positive_int, default=1, help="seeds per experiment, as Ray tasks if > 1"
+    )
+    add_ray_options(study)
     study.set_defaults(handler=_study)
 
     report = commands.add_parser("report", help="rebuild the report from run folders")
@@ -243,6 +247,8 @@ def _data_info(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from cifarlab import api
 
+    if args.repeats > 1:
+        return _repeated_study(args)
     study = api.study(
         args.experiments.split(","),
         data=_dataset(args),
@@ -256,11 +262,36 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repeated_study(args: argparse.Namespace) -> int:
+    from cifarlab import api
+
+    study = api.study(
+        args.experiments.split(","),
+        path=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        precision=args.precision,
+        projection=args.projection,
+        quiet=args.quiet,
+        repeats=args.repeats,
+        ray_address=args.ray_address,
+        workers=args.workers,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        val_fraction=args.val_fraction,
+        **data_overrides(args),
+    )
+    print(f"Report: {study.report}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from cifarlab import api
 
     written = api.build_report(args.run_dirs, args.out)
     print(f"Report: {written['report.html']}")
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:

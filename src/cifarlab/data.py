@@ -55,11 +55,14 @@ class Dataset:
     @property
     def split_settings(self) -> dict:
         """The config fields this data was loaded with, which a run on it must record."""
-        return {
+        settings = {
             "seed": self.notes["seed"],
             "val_fraction": self.notes["val_fraction"],
             "image_size": int(self.x_train.shape[1]),
         }
+        if self.name in datasets.STANDARDS:  # A class-folder dataset is found by its path.
+            settings["dataset"] = self.name
+        return settings
 
     @property
     def num_classes(self) -> int:
@@ -228,9 +231,17 @@ def cache_dir() -> Path:
     return cache.directory()
 
 
-def locate(path: str | Path | None = None, quiet: bool = False) -> Path:
-    """The CIFAR-10 archive or batches folder to read, downloading it only as the last resort."""
-    return datasets.locate(_CIFAR10, given_path(path), quiet)
+def locate(path: str | Path | None = None, dataset: str = "cifar10", quiet: bool = False) -> Path:
+    """The file or folder `load` would read: a class-folder dataset or archive as given, else
+    the standard dataset's archive or folder, downloading it only as the last resort."""
+    path = given_path(path)
+    if path is not None and (
+        archives.holds_images(path, folders.IMAGE_SUFFIXES) or folders.is_class_folder(path)
+    ):
+        return path
+    if dataset not in datasets.STANDARDS:
+        raise UserError(f"Unknown dataset '{dataset}'; choose {', '.join(datasets.STANDARDS)}.")
+    return datasets.locate(datasets.STANDARDS[dataset], path, quiet)
 
 
 def given_path(path: str | Path | None) -> Path | None:

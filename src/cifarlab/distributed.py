@@ -105,7 +105,7 @@ def run_all(
     if ray is None:
         raise UserError("Running jobs needs Ray; install it with: pip install 'cifarlab[ray]'.")
     # Resolved once here, so every task reads the same files (and nothing downloads twice).
-    source = str(data.locate(data_path).resolve())
+    source = str(data.locate(data_path, pending[0].config.dataset).resolve())
     pending = [Job(job.config, Path(job.out_dir).resolve()) for job in pending]
     with ray_session(options):
         task = ray.remote(

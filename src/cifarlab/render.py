@@ -1,17 +1,20 @@
 """The report's two pages, Markdown and HTML, from what `cifarlab.report` gathered.
 
-Both lead with the results table, then the diagnosis (rules with thresholds, each run's verdict
-with its numbers, the comparison sentences), then the figures. The HTML is one self-contained
-file: simple embedded CSS and the PNGs embedded as data, each linking to its file beside it.
+Both lead with the results table, then (for repeated runs) the statistics across seeds, then
+the diagnosis (rules with thresholds, each run's verdict with its numbers, the comparison
+sentences), then the figures. The HTML is one self-contained file: the CSS of `report.css` and
+the PNGs embedded as data, each linking to its file beside it.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape as _escape
 from pathlib import Path
+
+from cifarlab import seeds
 
 COLUMNS = {  # Results column: (heading, format).
     "experiment": ("Experiment", "{}"),
@@ -29,6 +32,7 @@ COLUMNS = {  # Results column: (heading, format).
     "images_per_second": ("Images / s", "{:,.0f}"),
     "verdict": ("Verdict", "{}"),
 }
+FILE_FIGURES = ("curves.png", "confusion.png", "per_class.png")  # Drawn without the images.
 DIAGNOSIS_COLUMNS = {  # Diagnosis number: (heading, format).
     "best_epoch": ("Min. val. loss at epoch", "{}"),
     "val_loss_rise_percent": ("Val. loss rise since min.", "{:.1f}%"),
@@ -41,6 +45,7 @@ DIAGNOSIS_COLUMNS = {  # Diagnosis number: (heading, format).
     "smoothness.loss.roughness": ("Train-loss roughness", "{:.4f}"),
     "smoothness.val_loss.roughness": ("Val.-loss roughness", "{:.4f}"),
 }
+DIAGNOSIS_TABLE = {"experiment": ("Experiment", "{}"), **DIAGNOSIS_COLUMNS}
 FIGURE_CAPTIONS = {
     "compare_loss.png": "Loss of every run: training solid, validation dashed.",
     "compare_accuracy.png": "Accuracy of every run: training solid, validation dashed.",
@@ -65,27 +70,7 @@ DIAGNOSIS_NOTE = (
 )
 WIDE_FIGURES = ("curves.png", "errors.png", "augmentation.png")  # Too detailed for half width.
 MARKS = {True: "agrees", False: "contradicts", None: "no clear difference"}
-CSS = """
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2933;
-       max-width: 1150px; margin: 2rem auto; padding: 0 1.5rem; }
-h1 { margin-bottom: .2rem; } h2 { border-bottom: 2px solid #e4e7eb; padding-bottom: .3rem;
-       margin-top: 2.5rem; } h3 { margin-top: 1.8rem; }
-.context { color: #52606d; font-size: 14px; } .context b { color: #1f2933; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 14px; }
-th, td { padding: .35rem .6rem; border-bottom: 1px solid #e4e7eb; text-align: right; }
-th { background: #f5f7fa; } td:first-child, th:first-child { text-align: left; }
-tr:hover td { background: #fafbfc; }
-.verdict { padding: .1rem .5rem; border-radius: 1rem; font-size: 13px; white-space: nowrap; }
-.overfitting { background: #ffe3e3; color: #a61b1b; }
-.underfitting { background: #e3ecff; color: #1b3fa6; }
-.good-fit { background: #e3f9e5; color: #1b6e2a; }
-.agrees { color: #1b6e2a; } .contradicts { color: #a61b1b; }
-.no-clear-difference { color: #52606d; }
-figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #e4e7eb; }
-figcaption { color: #52606d; font-size: 14px; } .missing { color: #a61b1b; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 1rem; }
-.wide { grid-column: 1 / -1; }
-"""
+CSS = (Path(__file__).parent / "report.css").read_text()
 
 
 @dataclass
@@ -98,6 +83,21 @@ class Page:
     comparisons: list[dict]
     out_dir: Path
     rules: list[str]
+    summary: list[dict] = field(default_factory=list)  # Across seeds; empty without repeats.
+    sentences: list[str] = field(default_factory=list)  # Experiments compared across seeds.
+
+    @property
+    def title(self) -> str:
+        return "cifarlab study: " + ", ".join(dict.fromkeys(run.name for run in self.runs))
+
+    @property
+    def columns(self) -> dict:
+        return results_columns(repeated=bool(self.summary))
+
+
+def results_columns(repeated: bool) -> dict:
+    """The results table's columns, with the seed after the experiment for repeated runs."""
+    return {"experiment": None, "seed": ("Seed", "{}"), **COLUMNS} if repeated else COLUMNS
 
 
 def cell(column: str, value, columns: dict = COLUMNS) -> str:
@@ -106,6 +106,14 @@ def cell(column: str, value, columns: dict = COLUMNS) -> str:
         return "–"
     _, template, *scale = columns[column]
     return template.format(value * scale[0] if scale else value)
+
+
+def diagnosis_rows(page: Page) -> list[dict]:
+    """One row per run of the diagnosis table: its numbers, by `DIAGNOSIS_COLUMNS` key."""
+    return [
+        {"experiment": label, **{key: diagnosis_value(result, key) for key in DIAGNOSIS_COLUMNS}}
+        for label, result in page.diagnoses.items()
+    ]
 
 
 def diagnosis_value(diagnosis: dict, key: str):
@@ -169,10 +177,14 @@ def figure_sections(page: Page) -> list[tuple[str, list[tuple[str, str | None]]]
         if name.startswith("compare") or (page.out_dir / name).is_file()
     ]
     sections = [("All runs", study)]
+    first_seeds: dict[str, int] = {}
     for run in page.runs:
-        names = ("curves.png", "confusion.png", "per_class.png", "errors.png", "features.png")
+        names = [*FILE_FIGURES, "errors.png", "features.png"]
+        # A repeated study draws the figures that need the images for its first seed only.
+        if first_seeds.setdefault(run.name, run.seed) != run.seed:
+            names = [name for name in names if (run.run_dir / name).is_file()]
         sections.append(
-            (run.name, [(name, figure_path(page, run.run_dir, name)) for name in names])
+            (run.label, [(name, figure_path(page, run.run_dir, name)) for name in names])
         )
     return sections
 
@@ -183,18 +195,16 @@ def missing_note(name: str) -> str:
 
 def markdown(page: Page) -> str:
     """The report as Markdown, images linked by relative path."""
-    names = ", ".join(run.name for run in page.runs)
-    lines = [f"# cifarlab study: {names}", ""]
+    lines = [f"# {page.title}", ""]
     lines += [f"- **{label}:** {text}" for label, text in context_lines(page)]
-    lines += ["", "## Results", "", _markdown_table(COLUMNS, page.rows), "", SCORES_NOTE, ""]
+    lines += ["", "## Results", "", _markdown_table(page.columns, page.rows), "", SCORES_NOTE, ""]
+    if page.summary:
+        table = _markdown_table(seeds.DISPLAY_COLUMNS, seeds.display_rows(page.summary))
+        lines += ["## Across seeds", "", table, "", seeds.NOTE, ""]
+        lines += [f"- {sentence}" for sentence in page.sentences] + [""]
     lines += ["## Diagnosis", "", "Verdict rules:", ""]
     lines += [f"- {rule}" for rule in page.rules]
-    rows = [
-        {"experiment": name, **{key: diagnosis_value(d, key) for key in DIAGNOSIS_COLUMNS}}
-        for name, d in page.diagnoses.items()
-    ]
-    columns = {"experiment": ("Experiment", "{}"), **DIAGNOSIS_COLUMNS}
-    lines += ["", _markdown_table(columns, rows), "", DIAGNOSIS_NOTE, ""]
+    lines += ["", _markdown_table(DIAGNOSIS_TABLE, diagnosis_rows(page)), "", DIAGNOSIS_NOTE, ""]
     for name, result in page.diagnoses.items():
         lines.append(f"- **{name}: {result['verdict']}.** " + " ".join(result["reasons"]))
     if page.comparisons:
@@ -223,22 +233,24 @@ def _markdown_table(columns: dict, rows: list[dict]) -> str:
 def html(page: Page) -> str:
     """The report as one self-contained HTML page."""
     escape = html_escape
-    names = ", ".join(run.name for run in page.runs)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>cifarlab study: {escape(names)}</title><style>{CSS}</style></head><body>",
-        f"<h1>cifarlab study: {escape(names)}</h1><p class='context'>",
+        f"<title>{escape(page.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{escape(page.title)}</h1><p class='context'>",
     ]
     parts += [f"<b>{escape(label)}:</b> {escape(text)}<br>" for label, text in context_lines(page)]
-    parts += ["</p><h2>Results</h2>", html_table(COLUMNS, page.rows)]
+    parts += ["</p><h2>Results</h2>", html_table(page.columns, page.rows)]
     parts.append(f"<p class='context'>{html_escape(SCORES_NOTE)}</p>")
+    if page.summary:
+        parts += [
+            "<h2>Across seeds</h2>",
+            html_table(seeds.DISPLAY_COLUMNS, seeds.display_rows(page.summary)),
+        ]
+        parts.append(f"<p class='context'>{html_escape(seeds.NOTE)}</p><ul>")
+        parts += [f"<li>{escape(sentence)}</li>" for sentence in page.sentences] + ["</ul>"]
     parts += ["<h2>Diagnosis</h2><p>Verdict rules, applied to each run's history:</p><ul>"]
     parts += [f"<li>{escape(rule)}</li>" for rule in page.rules] + ["</ul>"]
-    rows = [
-        {"experiment": name, **{key: diagnosis_value(d, key) for key in DIAGNOSIS_COLUMNS}}
-        for name, d in page.diagnoses.items()
-    ]
-    parts.append(html_table({"experiment": ("Experiment", "{}"), **DIAGNOSIS_COLUMNS}, rows))
+    parts.append(html_table(DIAGNOSIS_TABLE, diagnosis_rows(page)))
     parts.append(f"<p class='context'>{html_escape(DIAGNOSIS_NOTE)}</p>")
     for name, result in page.diagnoses.items():
         parts.append(

@@ -6,6 +6,10 @@
 its rules and numbers, then the figures). The HTML embeds its images, so it opens from disk
 anywhere; each image also links to its file.
 
+When an experiment has runs with several seeds (`cifarlab study --repeats K`), runs are named
+`<experiment>/seed=<s>`, `summary.csv` and `summary.json` hold one row per experiment across
+seeds (`cifarlab.seeds`), and the pages add an "Across seeds" section.
+
     cifarlab report runs/baseline runs/augmented runs/batchnorm --out runs
 """
 
@@ -17,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarlab import diagnosis, plots, render
+from cifarlab import diagnosis, plots, render, seeds
 from cifarlab.config import EXPERIMENTS
 from cifarlab.errors import UserError
 
@@ -37,6 +41,7 @@ RESULT_COLUMNS = (
     "seconds_per_epoch",
     "images_per_second",
     "verdict",
+    "seed",
 )
 RUN_FIGURES = ("curves.png", "confusion.png", "per_class.png", "errors.png", "features.png")
 STUDY_FIGURES = ("compare_loss.png", "compare_accuracy.png", "samples.png", "augmentation.png")
@@ -51,10 +56,15 @@ class Run:
     metrics: dict
     history: list[dict]
     environment: dict
+    label: str = ""  # How the report names the run: its experiment, with the seed if repeated.
 
     @property
     def name(self) -> str:
         return self.metrics.get("experiment") or self.config["name"]
+
+    @property
+    def seed(self) -> int | None:
+        return self.config.get("seed")
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -72,6 +82,22 @@ def load_run(run_dir: str | Path) -> Run:
         history=read_history(run_dir / "history.csv"),
         environment=json.loads(environment_path.read_text()) if environment_path.is_file() else {},
     )
+
+
+def name_runs(runs: list[Run]) -> bool:
+    """Label each run by its experiment, adding `/seed=<s>` if any experiment has several runs.
+
+    Returns whether there were repeats; two runs of one experiment with one seed are refused.
+    """
+    keys = [(run.name, run.seed) for run in runs]
+    if len(set(keys)) != len(keys):
+        listed = ", ".join(f"{name} (seed {seed})" for name, seed in keys)
+        raise UserError(f"Each experiment and seed may appear once in a report, not {listed}.")
+    names = [run.name for run in runs]
+    repeated = len(set(names)) != len(names)
+    for run in runs:
+        run.label = f"{run.name}/seed={run.seed}" if repeated else run.name
+    return repeated
 
 
 def read_history(path: Path) -> list[dict]:
@@ -92,22 +118,34 @@ def run_folders(paths: list[str | Path]) -> list[Path]:
         if (path / "config.json").is_file() or not path.is_dir():
             found.append(path)
             continue
-        inside = sorted((child.parent for child in path.glob("*/metrics.json")), key=_study_order)
+        finished = [*path.glob("*/metrics.json"), *path.glob("*/seed=*/metrics.json")]
+        inside = sorted((child.parent for child in finished), key=_study_order)
         if not inside:
             raise UserError(f"{path} is neither a run folder nor a folder of finished runs.")
         found.extend(inside)
     return found
 
 
-def _study_order(run_dir: Path) -> tuple[int, str]:
-    """The notebook's experiment order (baseline, augmented, batchnorm), then other names."""
+def _experiment_dir(run_dir: Path) -> Path:
+    return run_dir.parent if run_dir.name.startswith("seed=") else run_dir
+
+
+def _study_order(run_dir: Path) -> tuple[int, str, int]:
+    """The notebook's experiment order (baseline, augmented, batchnorm), then other names;
+    an experiment's `seed=<s>` folders by seed."""
+    seed = run_dir.name.removeprefix("seed=")
+    if seed != run_dir.name and seed.lstrip("-").isdigit():
+        name, number = run_dir.parent.name, int(seed)
+    else:
+        name, number = run_dir.name, 0
     known = list(EXPERIMENTS)
-    return (known.index(run_dir.name) if run_dir.name in known else len(known), run_dir.name)
+    return (known.index(name) if name in known else len(known), name, number)
 
 
 def default_out_dir(run_dirs: list[Path]) -> Path:
-    """Where `cifarlab report` writes without --out: the folder holding the run folders."""
-    parents = {Path(run_dir).resolve().parent for run_dir in run_dirs}
+    """Where `cifarlab report` writes without --out: the folder holding the run folders
+    (for `<experiment>/seed=<s>` folders, the one holding the experiments)."""
+    parents = {_experiment_dir(Path(run_dir).resolve()).parent for run_dir in run_dirs}
     return parents.pop() if len(parents) == 1 else Path("report")
 
 
@@ -117,29 +155,52 @@ def build(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> dict
     if not run_dirs:
         raise UserError("Give at least one run folder to report on.")
     runs = [load_run(run_dir) for run_dir in run_dirs]
-    names = [run.name for run in runs]
-    if len(set(names)) != len(names):
-        raise UserError(f"Each experiment may appear once in a report, not {', '.join(names)}.")
+    repeated = name_runs(runs)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    diagnoses = {run.name: diagnose(run) for run in runs}
-    rows = [results_row(run, diagnoses[run.name]) for run in runs]
-    comparisons = diagnosis.compare(diagnoses)
+    diagnoses = {run.label: diagnose(run) for run in runs}
+    rows = [results_row(run, diagnoses[run.label]) for run in runs]
     written = {"results.csv": write_csv(rows, out_dir / "results.csv")}
     written["results.json"] = out_dir / "results.json"
     written["results.json"].write_text(json.dumps(rows, indent=2) + "\n")
+    summary, sentences = [], []
+    if repeated:
+        values = seeds.metric_values([(run.name, run.metrics) for run in runs])
+        summary, sentences = seeds.summary_rows(values), seeds.sentences(values)
+        written["summary.csv"] = seeds.write_csv(summary, out_dir / "summary.csv")
+        written["summary.json"] = out_dir / "summary.json"
+        written["summary.json"].write_text(json.dumps(summary, indent=2) + "\n")
     for run in runs:
         draw_missing_run_figures(run)
     written.update(study_figures(runs, out_dir))
     page = render.Page(
-        runs, rows, diagnoses, comparisons, out_dir, diagnosis.rules(num_classes(runs[0]))
-    )
+        runs, rows, diagnoses, change_comparisons(runs, diagnoses, repeated), out_dir,
+        diagnosis.rules(num_classes(runs[0])), summary, sentences,
+    )  # fmt: skip
     written["report.md"] = out_dir / "report.md"
     written["report.md"].write_text(render.markdown(page))
     written["report.html"] = out_dir / "report.html"
     written["report.html"].write_text(render.html(page))
     return written
+
+
+def change_comparisons(runs: list[Run], diagnoses: dict[str, dict], repeated: bool) -> list[dict]:
+    """What each change did by the diagnosis; with repeats, among the runs of each seed.
+
+    A diagnosis describes one run's curves, so repeated runs are compared seed by seed, each
+    sentence beginning with its seed.
+    """
+    if not repeated:
+        return diagnosis.compare(diagnoses)
+    entries = []
+    for seed in dict.fromkeys(run.seed for run in runs):
+        same_seed = {run.name: diagnoses[run.label] for run in runs if run.seed == seed}
+        entries += [
+            {**entry, "seed": seed, "sentence": f"Seed {seed}: {entry['sentence']}"}
+            for entry in diagnosis.compare(same_seed)
+        ]
+    return entries
 
 
 def num_classes(run: Run) -> int:
@@ -163,6 +224,7 @@ def results_row(run: Run, run_diagnosis: dict) -> dict:
     for key in ("train_seconds", "seconds_per_epoch", "images_per_second"):
         row[key] = metrics.get(key)
     row["verdict"] = run_diagnosis["verdict"]
+    row["seed"] = run.seed
     return {column: row[column] for column in RESULT_COLUMNS}
 
 
@@ -199,7 +261,7 @@ def draw_missing_run_figures(run: Run) -> None:
 
 def study_figures(runs: list[Run], out_dir: Path) -> dict[str, Path]:
     """The report folder's figures: the overlaid curves, and copies of samples and augmentation."""
-    histories = {run.name: run.history for run in runs}
+    histories = {run.label: run.history for run in runs}
     written = {
         "compare_loss.png": plots.compare(histories, "loss", out_dir / "compare_loss.png"),
         "compare_accuracy.png": plots.compare(

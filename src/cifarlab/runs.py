@@ -95,7 +95,8 @@ class Run:
 
 @dataclass(frozen=True)
 class Study:
-    """A study folder: one run folder per experiment and the report built from them."""
+    """A study folder: one run folder per experiment (or per experiment and seed, with repeats)
+    and the report built from them."""
 
     path: Path
 
@@ -110,9 +111,34 @@ class Study:
         return json.loads((self.path / "results.json").read_text())
 
     @property
+    def summary(self) -> list[dict]:
+        """One row per experiment across its seeds, as in `summary.csv`; empty without repeats."""
+        path = self.path / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    @property
     def runs(self) -> dict[str, Run]:
-        """The study's runs by experiment name."""
-        return {row["experiment"]: Run(self.path / row["experiment"]) for row in self.results}
+        """The study's runs by experiment name, or by "<experiment>/seed=<s>" with repeats."""
+        rows = self.results
+        names = [row["experiment"] for row in rows]
+        if len(set(names)) == len(names):
+            return {name: Run(self.path / name) for name in names}
+        return {
+            f"{row['experiment']}/seed={row['seed']}": Run(
+                self.path / row["experiment"] / f"seed={row['seed']}"
+            )
+            for row in rows
+        }
+
+    @property
+    def differences(self) -> list[str]:
+        """Each experiment against the baseline on test accuracy across seeds, as sentences."""
+        from cifarlab import seeds
+
+        if not self.summary:
+            return []
+        runs = [(run.name, run.metrics) for run in self.runs.values()]
+        return seeds.sentences(seeds.metric_values(runs))
 
     @property
     def report(self) -> Path:
@@ -123,8 +149,18 @@ class Study:
         """The diagnosis's comparison sentences, each with whether it agrees with the textbook."""
         from cifarlab import diagnosis
 
-        diagnoses = {name: run.metrics["diagnosis"] for name, run in self.runs.items()}
-        return diagnosis.compare(diagnoses)
+        if not self.summary:
+            diagnoses = {name: run.metrics["diagnosis"] for name, run in self.runs.items()}
+            return diagnosis.compare(diagnoses)
+        # A diagnosis describes one run's curves, so repeated runs are compared seed by seed.
+        by_seed: dict[int, dict[str, dict]] = {}
+        for run in self.runs.values():
+            by_seed.setdefault(run.config.seed, {})[run.name] = run.metrics["diagnosis"]
+        return [
+            {**entry, "seed": seed, "sentence": f"Seed {seed}: {entry['sentence']}"}
+            for seed, diagnoses in by_seed.items()
+            for entry in diagnosis.compare(diagnoses)
+        ]
 
     def __repr__(self) -> str:
         return f"Study({str(self.path)!r}, {', '.join(self.runs)})"
@@ -138,9 +174,23 @@ class Study:
             for name, run in self.runs.items()
         )
         sentences = "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in self.comparisons)
+        columns = render.results_columns(repeated=bool(self.summary))
         return (
-            f"{render.html_table(render.COLUMNS, self.results)}"
+            f"{self._summary_html()}{render.html_table(columns, self.results)}"
             f"<p><b>Verdicts</b></p><ul>{verdicts}</ul>"
             f"<p><b>What each change did</b></p><ul>{sentences}</ul>"
             f"<p>Full report: <code>{html.escape(str(self.report))}</code></p>"
+        )
+
+    def _summary_html(self) -> str:
+        """The table across seeds and the comparisons it supports; empty without repeats."""
+        from cifarlab import render, seeds
+
+        if not self.summary:
+            return ""
+        differences = "".join(f"<li>{html.escape(sentence)}</li>" for sentence in self.differences)
+        return (
+            "<p><b>Across seeds</b></p>"
+            f"{render.html_table(seeds.DISPLAY_COLUMNS, seeds.display_rows(self.summary))}"
+            f"<ul>{differences}</ul><p><b>Every run</b></p>"
         )
