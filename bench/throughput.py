@@ -4,10 +4,9 @@ For each experiment it times whole epochs (training plus validation, as a user w
 two ways on the same data, one after the other:
 
 * notebook: the same model in float32, `model.fit(float32_array, one_hot, batch_size=...,
-  validation_data=(float32_array, one_hot))` as the notebook's steps B–F do. For `augmented`
-  the notebook fitted on `ImageDataGenerator.flow`, which Keras 3 no longer has; its closest
-  equivalent is a `keras.utils.PyDataset` that applies the same Keras augmentation layers to
-  each float32 batch in Python, fitted with the PyDataset's default (one worker) settings.
+  validation_data=(float32_array, one_hot))` as the notebook's steps B–F do; for `augmented`,
+  fitted on a Python-side augmenting PyDataset instead of `ImageDataGenerator.flow`
+  (bench/notebook.py says why).
 * cifarlab: `cifarlab.train.run` itself, into a scratch run folder, with its default
   precision; the epoch times are those it writes to `history.csv`.
 
@@ -31,11 +30,11 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
+import notebook  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifarlab import config as configs  # noqa: E402
-from cifarlab import data, environment, models, pipeline, train  # noqa: E402
+from cifarlab import data, environment, train  # noqa: E402
 
 
 def main() -> None:
@@ -93,21 +92,7 @@ def synthetic(train_images: int, seed: int) -> data.Dataset:
 
 def notebook_seconds(config: configs.Config, dataset: data.Dataset) -> float:
     """Seconds of the last epoch of the notebook's float32 `model.fit` on NumPy arrays."""
-    keras.utils.set_random_seed(config.seed)
-    model = models.build_model(config, dataset.num_classes)
-    models.compile_model(model, config)
-    x_train, x_val = pipeline.scale(dataset.x_train), pipeline.scale(dataset.x_val)
-    y_train = keras.utils.to_categorical(dataset.y_train, dataset.num_classes)
-    y_val = keras.utils.to_categorical(dataset.y_val, dataset.num_classes)
-    timer = train.EpochTimer()
-    fit_options = dict(epochs=config.epochs, validation_data=(x_val, y_val), callbacks=[timer],
-                       verbose=0)  # fmt: skip
-    if config.augmentation.active:
-        flow = AugmentingFlow(x_train, y_train, config)
-        history = model.fit(flow, **fit_options)
-    else:
-        history = model.fit(x_train, y_train, batch_size=config.batch_size, **fit_options)
-    return history.history["seconds"][-1]
+    return notebook.fit(config, dataset)["seconds"][-1]
 
 
 def cifarlab_seconds(config: configs.Config, dataset: data.Dataset) -> float:
@@ -117,24 +102,6 @@ def cifarlab_seconds(config: configs.Config, dataset: data.Dataset) -> float:
         with contextlib.redirect_stdout(io.StringIO()):
             train.run(config, folder, dataset, quiet=True)
         return train.read_history(os.path.join(folder, "history.csv"))[-1]["seconds"]
-
-
-class AugmentingFlow(keras.utils.PyDataset):
-    """`ImageDataGenerator.flow` in Keras 3 terms: shuffled float32 batches, augmented in Python."""
-
-    def __init__(self, images, one_hot, config: configs.Config):
-        super().__init__()
-        self.images, self.one_hot, self.batch_size = images, one_hot, config.batch_size
-        self.augment = pipeline.augmenter(config.augmentation, config.seed)
-        self.order = np.random.default_rng(config.seed).permutation(len(images))
-
-    def __len__(self) -> int:
-        return -(-len(self.images) // self.batch_size)
-
-    def __getitem__(self, index: int):
-        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        batch = keras.ops.convert_to_numpy(self.augment(self.images[chosen], training=True))
-        return batch, self.one_hot[chosen]
 
 
 if __name__ == "__main__":
