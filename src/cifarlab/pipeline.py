@@ -106,6 +106,9 @@ class ArrayBatches(keras.utils.PyDataset):
         self.shuffle, self.augment = shuffle, augment
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
+        if augment is not None:
+            # Built here, once, because the worker threads would otherwise race to build it.
+            augment.build((None, *images.shape[1:]))
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
