@@ -1,8 +1,9 @@
 """What a run ran on: backend, library versions, hardware, and the numeric precision chosen.
 
 `resolve_precision("auto")` picks mixed bfloat16 where the hardware runs it fast (a GPU of
-compute capability 8 or later, or a CPU with AVX-512 BF16 or AMX under TensorFlow) and float32
-everywhere else.
+compute capability 8 or later, or a CPU with AMX tiles under TensorFlow) and float32 everywhere
+else. AVX-512 BF16 alone is not enough: on a Sapphire Rapids CPU without AMX, oneDNN's bfloat16
+convolutions measured about half the speed of float32 ones (bench/README.md).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def resolve_precision(requested: str) -> str:
         return requested
     if gpu_name() is not None:
         return "bfloat16" if _gpu_supports_bfloat16() else "float32"
-    if keras.backend.backend() == "tensorflow" and cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+    if keras.backend.backend() == "tensorflow" and "amx_bf16" in cpu_flags():
         return "bfloat16"
     return "float32"
 

@@ -16,6 +16,9 @@ import numpy as np
 from cifarlab.config import Augmentation
 
 EVAL_BATCH_SIZE = 500  # Inference needs no small batches; larger ones waste less per step.
+# Threads preparing PyDataset batches ahead of the model (backends other than TensorFlow), so
+# scaling and augmentation overlap with training steps instead of running between them.
+PYDATASET_WORKERS = 4
 
 
 def scale(images: np.ndarray) -> np.ndarray:
@@ -97,12 +100,15 @@ class ArrayBatches(keras.utils.PyDataset):
     """Batches from in-memory uint8 arrays for backends without `tf.data`."""
 
     def __init__(self, images, labels, num_classes, batch_size, shuffle, augment, seed):
-        super().__init__()
+        super().__init__(workers=PYDATASET_WORKERS, use_multiprocessing=False)
         self.images, self.labels = images, labels
         self.num_classes, self.batch_size = num_classes, batch_size
         self.shuffle, self.augment = shuffle, augment
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
+        if augment is not None:
+            # Built here, once, because the worker threads would otherwise race to build it.
+            augment.build((None, *images.shape[1:]))
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
