@@ -91,7 +91,6 @@ fi
 
 "$PYTHON" -c "import keras; from cifarlab import environment as e; \
 print(e.hardware_summary(e.describe(e.resolve_precision('auto'))))"
-# LEAD: once `cifarlab study` is merged, this loop can become one `cifarlab study` call.
 started=$(date +%s)
 for experiment in baseline augmented batchnorm; do
     "$PYTHON" -m cifarlab.cli train "$experiment" --data "$DATA" --epochs "$EPOCHS" \
