@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from cifarlab import models, pipeline, train
+from cifarlab import models, pipeline, training
 from cifarlab.config import Config
 from cifarlab.data import Dataset
 
@@ -27,7 +27,7 @@ def fit(config: Config, dataset: Dataset) -> dict:
     y_train = keras.utils.to_categorical(dataset.y_train, dataset.num_classes)
     y_val = keras.utils.to_categorical(dataset.y_val, dataset.num_classes)
     options = dict(epochs=config.epochs, validation_data=(x_val, y_val),
-                   callbacks=[train.EpochTimer()], verbose=0)  # fmt: skip
+                   callbacks=[training.EpochTimer()], verbose=0)  # fmt: skip
     if config.augmentation.active:
         history = model.fit(AugmentingFlow(x_train, y_train, config), **options)
     else:

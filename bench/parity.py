@@ -1,7 +1,7 @@
 """Accuracy parity: does cifarlab's fast training path learn as well as the notebook's way?
 
 For each experiment it trains, with the same seed, data and epochs, the notebook's way
-(float32 `model.fit` on NumPy arrays, bench/notebook.py) and cifarlab's `train.run` at each
+(float32 `model.fit` on NumPy arrays, bench/notebook.py) and cifarlab's `training.run` at each
 requested precision, then prints each run's validation accuracy at its best epoch (lowest
 validation loss, the checkpoint both ways keep) and the difference to the notebook's.
 Shuffling and augmentation draws differ between the two input paths, so the difference also
@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import notebook  # noqa: E402
 
 from cifarlab import config as configs  # noqa: E402
-from cifarlab import data, environment, train  # noqa: E402
+from cifarlab import data, environment, training  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
             started = time.perf_counter()
             config = configs.override(base, precision=precision)
             accuracy = best_val_accuracy(cifarlab_history(config, dataset))
-            resolved = environment.resolve_precision(precision)
+            resolved = environment.resolve_precision(precision, base.batch_norm)
             print(f"{name:<10} cifarlab {precision}->{resolved:<9} val acc {accuracy:.2%} "
                   f"difference {100 * (accuracy - reference):+.2f} points "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
@@ -61,11 +61,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def cifarlab_history(config: configs.Config, dataset: data.Dataset) -> dict:
-    """`train.run`'s history.csv as columns, from a scratch run folder."""
+    """`training.run`'s history.csv as columns, from a scratch run folder."""
     with tempfile.TemporaryDirectory(prefix="cifarlab-parity-") as folder:
         with contextlib.redirect_stdout(io.StringIO()):
-            train.run(config, folder, dataset, quiet=True)
-        rows = train.read_history(os.path.join(folder, "history.csv"))
+            training.run(config, folder, dataset, quiet=True)
+        rows = training.read_history(os.path.join(folder, "history.csv"))
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 

@@ -7,7 +7,7 @@ two ways on the same data, one after the other:
   validation_data=(float32_array, one_hot))` as the notebook's steps B–F do; for `augmented`,
   fitted on a Python-side augmenting PyDataset instead of `ImageDataGenerator.flow`
   (bench/notebook.py says why).
-* cifarlab: `cifarlab.train.run` itself, into a scratch run folder, with its default
+* cifarlab: `cifarlab.training.run` itself, into a scratch run folder, with its default
   precision; the epoch times are those it writes to `history.csv`.
 
 The last of `--epochs` epochs is timed, so with the default of 2 the first epoch (tracing and
@@ -34,7 +34,7 @@ import notebook  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifarlab import config as configs  # noqa: E402
-from cifarlab import data, environment, train  # noqa: E402
+from cifarlab import data, environment, training  # noqa: E402
 
 
 def main() -> None:
@@ -43,21 +43,22 @@ def main() -> None:
         data.load(args.data, quiet=True) if args.full else synthetic(args.train_images, args.seed)
     )
     epochs = args.epochs or (1 if args.full else 2)
-    precision = environment.resolve_precision(args.precision)
-    print(f"{environment.hardware_summary(environment.describe(precision))}")
+    print(f"{environment.hardware_summary(environment.describe(args.precision))}")
     kind = "real" if args.full else "synthetic"
     print(f"data: {len(dataset.y_train):,} train / {len(dataset.y_val):,} val images ({kind}); "
           f"epoch {epochs} of {epochs} timed")  # fmt: skip
     print(f"{'experiment':<10} {'notebook img/s':>15} {'cifarlab img/s':>15} {'ratio':>6}")
     for name in args.experiments:
         config = configs.override(
-            configs.experiment(name), epochs=epochs, seed=args.seed, precision=precision
+            configs.experiment(name), epochs=epochs, seed=args.seed, precision=args.precision
         )
+        precision = environment.resolve_precision(config.precision, config.batch_norm)
         notebook = notebook_seconds(config, dataset)
         ours = cifarlab_seconds(config, dataset)
         images = len(dataset.y_train)
         print(f"{name:<10} {images / notebook:>15.0f} {images / ours:>15.0f} "
-              f"{notebook / ours:>5.2f}x   ({notebook:.1f} s vs {ours:.1f} s per epoch)",
+              f"{notebook / ours:>5.2f}x   ({notebook:.1f} s vs {ours:.1f} s per epoch, "
+              f"cifarlab in {precision})",
               flush=True)  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux.
     print(f"peak memory (whole process): {peak:.2f} GiB")
@@ -96,12 +97,12 @@ def notebook_seconds(config: configs.Config, dataset: data.Dataset) -> float:
 
 
 def cifarlab_seconds(config: configs.Config, dataset: data.Dataset) -> float:
-    """Seconds of the last epoch of `cifarlab.train.run`, as written to its `history.csv`."""
+    """Seconds of the last epoch of `cifarlab.training.run`, as written to its `history.csv`."""
     with tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as folder:
         # The run also evaluates its best checkpoint afterwards, untimed, as the CLI's does.
         with contextlib.redirect_stdout(io.StringIO()):
-            train.run(config, folder, dataset, quiet=True)
-        return train.read_history(os.path.join(folder, "history.csv"))[-1]["seconds"]
+            training.run(config, folder, dataset, quiet=True)
+        return training.read_history(os.path.join(folder, "history.csv"))[-1]["seconds"]
 
 
 if __name__ == "__main__":
