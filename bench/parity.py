@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import notebook  # noqa: E402
 
 from cifarlab import config as configs  # noqa: E402
-from cifarlab import data, environment, training  # noqa: E402
+from cifarlab import data, environment, runs, training  # noqa: E402
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def cifarlab_history(config: configs.Config, dataset: data.Dataset) -> dict:
     with tempfile.TemporaryDirectory(prefix="cifarlab-parity-") as folder:
         with contextlib.redirect_stdout(io.StringIO()):
             training.run(config, folder, dataset, quiet=True)
-        rows = training.read_history(os.path.join(folder, "history.csv"))
+        rows = runs.read_history(os.path.join(folder, "history.csv"))
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 

@@ -34,7 +34,7 @@ import notebook  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifarlab import config as configs  # noqa: E402
-from cifarlab import data, environment, training  # noqa: E402
+from cifarlab import data, environment, runs, training  # noqa: E402
 
 
 def main() -> None:
@@ -102,7 +102,7 @@ def cifarlab_seconds(config: configs.Config, dataset: data.Dataset) -> float:
         # The run also evaluates its best checkpoint afterwards, untimed, as the CLI's does.
         with contextlib.redirect_stdout(io.StringIO()):
             training.run(config, folder, dataset, quiet=True)
-        return training.read_history(os.path.join(folder, "history.csv"))[-1]["seconds"]
+        return runs.read_history(os.path.join(folder, "history.csv"))[-1]["seconds"]
 
 
 if __name__ == "__main__":

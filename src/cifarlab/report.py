@@ -24,6 +24,7 @@ from pathlib import Path
 from cifarlab import diagnosis, plots, render, seeds
 from cifarlab.config import EXPERIMENTS
 from cifarlab.errors import UserError
+from cifarlab.runs import read_history
 
 # One results row per run; the columns in order. Later additions go at the end.
 RESULT_COLUMNS = (
@@ -79,7 +80,7 @@ def load_run(run_dir: str | Path) -> Run:
         run_dir=run_dir,
         config=json.loads((run_dir / "config.json").read_text()),
         metrics=json.loads((run_dir / "metrics.json").read_text()),
-        history=read_history(run_dir / "history.csv"),
+        history=_history(run_dir),
         environment=json.loads(environment_path.read_text()) if environment_path.is_file() else {},
     )
 
@@ -100,15 +101,10 @@ def name_runs(runs: list[Run]) -> bool:
     return repeated
 
 
-def read_history(path: Path) -> list[dict]:
-    """`history.csv` rows with float values (`epoch` stays Keras's 0-based integer)."""
-    if not path.is_file():
-        raise UserError(f"{path.parent} has no history.csv; it is not a trained run folder.")
-    with open(path, newline="") as file:
-        return [
-            {key: int(value) if key == "epoch" else float(value) for key, value in row.items()}
-            for row in csv.DictReader(file)
-        ]
+def _history(run_dir: Path) -> list[dict]:
+    if not (run_dir / "history.csv").is_file():
+        raise UserError(f"{run_dir} has no history.csv; it is not a trained run folder.")
+    return read_history(run_dir / "history.csv")
 
 
 def run_folders(paths: list[str | Path]) -> list[Path]:

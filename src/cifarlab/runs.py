@@ -6,6 +6,7 @@ run.metrics["test"]["accuracy"], run.history["val_loss"], run.plot_curves()
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 from dataclasses import dataclass
@@ -16,6 +17,17 @@ import numpy as np
 
 from cifarlab.config import Config
 from cifarlab.errors import UserError
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """`history.csv` as rows of floats (`epoch` stays Keras's 0-based integer); empty if none."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as file:
+        return [
+            {key: (int(value) if key == "epoch" else float(value)) for key, value in row.items()}
+            for row in csv.DictReader(file)
+        ]
 
 
 @dataclass(frozen=True)
@@ -46,8 +58,6 @@ class Run:
     @property
     def history(self) -> dict[str, np.ndarray]:
         """Per-epoch columns of `history.csv` (loss, accuracy, val_loss, val_accuracy, ...)."""
-        from cifarlab.training import read_history
-
         rows = read_history(self.path / "history.csv")
         keys = rows[0].keys() if rows else ()
         return {key: np.array([row[key] for row in rows]) for key in keys}
@@ -65,7 +75,6 @@ class Run:
     def plot_curves(self):
         """Training and validation accuracy and loss per epoch, as a matplotlib Figure."""
         from cifarlab import plots
-        from cifarlab.training import read_history
 
         history = read_history(self.path / "history.csv")
         return plots.curves_figure(history, self.metrics.get("best_epoch"), self.name)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from cifarlab import config as configs
 from cifarlab import data as datasets
-from cifarlab import diagnosis, figures, report, training
+from cifarlab import diagnosis, figures, report, runs, training
 from cifarlab.config import Config
 from cifarlab.data import Dataset
 from cifarlab.errors import RunError, UserError
@@ -187,7 +187,7 @@ def record_diagnosis(run_dir: Path) -> dict:
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     num_classes = len(metrics["class_names"])
-    result = diagnosis.diagnose(training.read_history(run_dir / "history.csv"), num_classes)
+    result = diagnosis.diagnose(runs.read_history(run_dir / "history.csv"), num_classes)
     if metrics.get("diagnosis") != result:
         metrics["diagnosis"] = result
         # Write beside and rename, so an interruption never leaves a half-written metrics.json.

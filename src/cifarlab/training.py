@@ -22,6 +22,7 @@ from cifarlab import environment, evaluation, models, pipeline
 from cifarlab.config import Config
 from cifarlab.data import Dataset
 from cifarlab.errors import RunError, UserError
+from cifarlab.runs import read_history
 
 # Training steps per host round trip. On a CPU a step of these models takes tens of
 # milliseconds and 16 or 64 steps per call measured no faster (bench/README.md); on a GPU a
@@ -131,17 +132,6 @@ def _resume_epoch(out_dir: Path, config: Config) -> int:
     finished = len(read_history(out_dir / "history.csv"))
     trained = finished >= config.epochs and (out_dir / "best.keras").is_file()
     return config.epochs if trained else 0
-
-
-def read_history(path: Path) -> list[dict]:
-    """`history.csv` as a list of rows with float values; empty if there is none yet."""
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as file:
-        return [
-            {key: (int(value) if key == "epoch" else float(value)) for key, value in row.items()}
-            for row in csv.DictReader(file)
-        ]
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
