@@ -77,7 +77,7 @@ CSS = (Path(__file__).parent / "report.css").read_text()
 class Page:
     """Everything one report page shows."""
 
-    runs: list  # report.Run, in report order.
+    runs: list  # report.RunRecord, in report order.
     rows: list[dict]
     diagnoses: dict[str, dict]
     comparisons: list[dict]

@@ -49,7 +49,7 @@ STUDY_FIGURES = ("compare_loss.png", "compare_accuracy.png", "samples.png", "aug
 
 
 @dataclass
-class Run:
+class RunRecord:
     """What a finished run folder holds, read once."""
 
     run_dir: Path
@@ -68,7 +68,7 @@ class Run:
         return self.config.get("seed")
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path) -> RunRecord:
     """A finished run folder, or a `UserError` saying what it lacks."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
@@ -76,7 +76,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not (run_dir / "metrics.json").is_file():
         raise UserError(f"{run_dir} has no metrics.json; finish it with cifarlab train first.")
     environment_path = run_dir / "environment.json"
-    return Run(
+    return RunRecord(
         run_dir=run_dir,
         config=json.loads((run_dir / "config.json").read_text()),
         metrics=json.loads((run_dir / "metrics.json").read_text()),
@@ -85,7 +85,7 @@ def load_run(run_dir: str | Path) -> Run:
     )
 
 
-def name_runs(runs: list[Run]) -> bool:
+def name_runs(runs: list[RunRecord]) -> bool:
     """Label each run by its experiment, adding `/seed=<s>` if any experiment has several runs.
 
     Returns whether there were repeats; two runs of one experiment with one seed are refused.
@@ -181,7 +181,9 @@ def build(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> dict
     return written
 
 
-def change_comparisons(runs: list[Run], diagnoses: dict[str, dict], repeated: bool) -> list[dict]:
+def change_comparisons(
+    runs: list[RunRecord], diagnoses: dict[str, dict], repeated: bool
+) -> list[dict]:
     """What each change did by the diagnosis; with repeats, among the runs of each seed.
 
     A diagnosis describes one run's curves, so repeated runs are compared seed by seed, each
@@ -199,16 +201,16 @@ def change_comparisons(runs: list[Run], diagnoses: dict[str, dict], repeated: bo
     return entries
 
 
-def num_classes(run: Run) -> int:
+def num_classes(run: RunRecord) -> int:
     return len(run.metrics["class_names"])
 
 
-def diagnose(run: Run) -> dict:
+def diagnose(run: RunRecord) -> dict:
     """The run's diagnosis, computed afresh from its history with the current rules."""
     return diagnosis.diagnose(run.history, num_classes(run))
 
 
-def results_row(run: Run, run_diagnosis: dict) -> dict:
+def results_row(run: RunRecord, run_diagnosis: dict) -> dict:
     """One row of `results.csv`: the run's size, epochs, scores per split, speed and verdict."""
     metrics = run.metrics
     row = {"experiment": run.name}
@@ -232,7 +234,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def draw_run_figures(run: Run) -> list[Path]:
+def draw_run_figures(run: RunRecord) -> list[Path]:
     """The figures drawn from a run folder's files: curves, confusion matrix, per-class bars."""
     metrics, run_dir = run.metrics, run.run_dir
     return [
@@ -249,13 +251,13 @@ def draw_run_figures(run: Run) -> list[Path]:
     ]
 
 
-def draw_missing_run_figures(run: Run) -> None:
+def draw_missing_run_figures(run: RunRecord) -> None:
     """Draw the file-only figures a run folder lacks (e.g. one trained by `cifarlab train`)."""
     if any(not (run.run_dir / name).is_file() for name in RUN_FIGURES[:3]):
         draw_run_figures(run)
 
 
-def study_figures(runs: list[Run], out_dir: Path) -> dict[str, Path]:
+def study_figures(runs: list[RunRecord], out_dir: Path) -> dict[str, Path]:
     """The report folder's figures: the overlaid curves, and copies of samples and augmentation."""
     histories = {run.label: run.history for run in runs}
     written = {
