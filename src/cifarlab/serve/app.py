@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import swagger_ui_bundle
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -101,7 +103,22 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
     """The FastAPI application serving `run_dirs`; their models load here, once."""
     runs = load_runs(run_dirs)
     max_classes = max(len(served.classifier.class_names) for served in runs.values())
-    app = FastAPI(title="cifarlab", summary="Classify images with trained cifarlab runs.")
+    # The docs page loads Swagger UI from this server, not from a CDN, so it works offline.
+    app = FastAPI(
+        title="cifarlab", summary="Classify images with trained cifarlab runs.", docs_url=None
+    )
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path))
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="cifarlab API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
     app.add_middleware(
         BodyLimit,
         max_bytes=MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD,
