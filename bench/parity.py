@@ -44,7 +44,7 @@ def main() -> None:
             started = time.perf_counter()
             config = configs.override(base, precision=precision)
             accuracy = best_val_accuracy(cifarlab_history(config, dataset))
-            resolved = environment.resolve_precision(precision, base.batch_norm)
+            resolved = environment.resolve_precision(precision)
             print(f"{name:<10} cifarlab {precision}->{resolved:<9} val acc {accuracy:.2%} "
                   f"difference {100 * (accuracy - reference):+.2f} points "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip

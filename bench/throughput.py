@@ -52,7 +52,7 @@ def main() -> None:
         config = configs.override(
             configs.experiment(name), epochs=epochs, seed=args.seed, precision=args.precision
         )
-        precision = environment.resolve_precision(config.precision, config.batch_norm)
+        precision = environment.resolve_precision(config.precision)
         notebook = notebook_seconds(config, dataset)
         ours = cifarlab_seconds(config, dataset)
         images = len(dataset.y_train)

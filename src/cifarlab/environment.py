@@ -2,9 +2,9 @@
 
 `resolve_precision("auto")` picks mixed bfloat16 where the hardware runs it fast (a GPU of
 compute capability 8 or later, or a CPU with AMX tiles under TensorFlow) and float32 everywhere
-else, but for batch-normalized models on CPUs with AVX-512 BF16: without AMX, oneDNN's bfloat16
-convolutions measured about half the speed of float32 ones (bench/README.md), while the
-memory-bound normalization gains more than that costs.
+else. AVX-512 BF16 alone is not enough: on a Sapphire Rapids CPU without AMX, oneDNN's bfloat16
+convolutions measured about half the speed of float32 ones, and a full-data `batchnorm` epoch
+ran at 0.71× the float32 speed (bench/README.md).
 """
 
 from __future__ import annotations
@@ -29,14 +29,8 @@ def dtype_policy(precision: str) -> str | None:
     return _POLICIES[precision]
 
 
-def resolve_precision(requested: str, batch_norm: bool = False) -> str:
-    """`requested` itself, or for "auto" the fastest precision this machine trains well in.
-
-    On a CPU with AVX-512 BF16 but no AMX, bfloat16 convolutions run slower than float32 ones,
-    but the memory-bound BatchNormalization arithmetic runs faster on half-width values: there
-    `batch_norm` models gain from bfloat16 (measured 530 vs 391 img/s for `batchnorm`, and
-    390–660 vs 780–980 img/s for `baseline`, on a 2-core Sapphire Rapids Xeon).
-    """
+def resolve_precision(requested: str) -> str:
+    """`requested` itself, or for "auto" the fastest precision this machine trains well in."""
     if requested != "auto":
         dtype_policy(requested)
         return requested
@@ -44,7 +38,7 @@ def resolve_precision(requested: str, batch_norm: bool = False) -> str:
         return "bfloat16" if _gpu_supports_bfloat16() else "float32"
     if keras.backend.backend() != "tensorflow":
         return "float32"
-    if "amx_bf16" in cpu_flags() or (batch_norm and "avx512_bf16" in cpu_flags()):
+    if "amx_bf16" in cpu_flags():
         return "bfloat16"
     return "float32"
 

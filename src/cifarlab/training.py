@@ -44,7 +44,7 @@ def run(
     out_dir = Path(out_dir)
     prepare_folder(config, out_dir, overwrite)
     keras.utils.set_random_seed(config.seed)
-    precision = environment.resolve_precision(config.precision, config.batch_norm)
+    precision = environment.resolve_precision(config.precision)
     model = models.build_model(config, data.num_classes, environment.dtype_policy(precision))
     models.compile_model(model, config, steps_per_execution())
     config.save(out_dir / "config.json")
