@@ -248,39 +248,23 @@ def _study(args: argparse.Namespace) -> int:
     from cifarlab import api
 
     if args.repeats > 1:
-        return _repeated_study(args)
+        # Each seed splits the data its own way, so the Ray workers load it themselves.
+        source = {
+            "path": args.data, "seed": args.seed, "val_fraction": args.val_fraction,
+            "repeats": args.repeats, "ray_address": args.ray_address, "workers": args.workers,
+            "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
+            **data_overrides(args),
+        }  # fmt: skip
+    else:
+        source = {"data": _dataset(args)}
     study = api.study(
         args.experiments.split(","),
-        data=_dataset(args),
         out=args.out,
         epochs=args.epochs,
         precision=args.precision,
         projection=args.projection,
         quiet=args.quiet,
-    )
-    print(f"Report: {study.report}")
-    return 0
-
-
-def _repeated_study(args: argparse.Namespace) -> int:
-    from cifarlab import api
-
-    study = api.study(
-        args.experiments.split(","),
-        path=args.data,
-        out=args.out,
-        epochs=args.epochs,
-        seed=args.seed,
-        precision=args.precision,
-        projection=args.projection,
-        quiet=args.quiet,
-        repeats=args.repeats,
-        ray_address=args.ray_address,
-        workers=args.workers,
-        cpus_per_run=args.cpus_per_run,
-        gpus_per_run=args.gpus_per_run,
-        val_fraction=args.val_fraction,
-        **data_overrides(args),
+        **source,
     )
     print(f"Report: {study.report}")
     return 0
