@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from cifarlab import models, pipeline, training
+from cifarlab import augmentation, models, pipeline, training
 from cifarlab.config import Config
 from cifarlab.data import Dataset
 
@@ -41,7 +41,7 @@ class AugmentingFlow(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, one_hot: np.ndarray, config: Config):
         super().__init__()
         self.images, self.one_hot, self.batch_size = images, one_hot, config.batch_size
-        self.augment = pipeline.augmenter(config.augmentation, config.seed)
+        self.augment = augmentation.augmenter(config.augmentation, config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.order = self.rng.permutation(len(images))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from cifarlab import config, models, pipeline
+from cifarlab import augmentation, config, models
 
 # The notebook's model summary (step D): layer type, output shape, parameters.
 NOTEBOOK_TABLE = [
@@ -67,7 +67,7 @@ def test_image_size_changes_the_input_and_the_dense_layer():
 
 def test_augmentation_is_random_in_training_and_inactive_at_inference():
     images = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
-    augment = pipeline.augmenter(config.AUGMENTED.augmentation, seed=0)
+    augment = augmentation.augmenter(config.AUGMENTED.augmentation, seed=0)
     inference = augment(images, training=False)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(inference), images)
     changed = keras.ops.convert_to_numpy(augment(images, training=True))
@@ -97,3 +97,16 @@ def test_a_training_step_gives_finite_weights_and_loss():
     loss = model.train_on_batch(images, labels)[0]
     assert np.isfinite(loss)
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
+def test_rotation_and_shift_move_a_dot_within_their_ranges():
+    # A bright 2×2 dot at the centre of a dark 32×32 image: a shift of at most 10% (3.2 pixels)
+    # and a rotation about the centre of at most 10° keep it within about 5 pixels.
+    images = np.zeros((64, 32, 32, 3), dtype=np.float32)
+    images[:, 15:17, 15:17] = 1.0
+    layer = augmentation.RandomRotationShift(rotation_degrees=10, shift=0.1, seed=3)
+    moved = keras.ops.convert_to_numpy(layer(images, training=True))
+    rows, columns = np.nonzero(moved.sum(axis=3).max(axis=0) > 0.25)
+    assert rows.min() >= 10 and rows.max() <= 21 and columns.min() >= 10 and columns.max() <= 21
+    centres = [np.argwhere(image.sum(axis=2) > 0.25).mean(axis=0) for image in moved]
+    assert np.std(centres, axis=0).min() > 0.5  # Each image is shifted its own way.

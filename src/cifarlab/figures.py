@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifarlab import evaluation, models, pipeline, plots, report
+from cifarlab import augmentation, evaluation, models, pipeline, plots, report
 from cifarlab.config import Config
 from cifarlab.data import Dataset
 
@@ -64,7 +64,7 @@ def write_features(run_dir: Path, data: Dataset, projection: str, seed: int) -> 
 
 def write_augmentation(run_dir: Path, data: Dataset, config: Config) -> Path:
     """`augmentation.png`: one training image and versions of it as this run's training sees."""
-    augment = pipeline.augmenter(config.augmentation, config.seed)
+    augment = augmentation.augmenter(config.augmentation, config.seed)
     image = data.x_train[0]
     copies = np.repeat(pipeline.scale(image)[None], AUGMENTED_COPIES, axis=0)
     augmented = keras.ops.convert_to_numpy(augment(copies, training=True)).astype(np.float32)

@@ -13,6 +13,7 @@ import math
 import keras
 import numpy as np
 
+from cifarlab.augmentation import augmenter
 from cifarlab.config import Augmentation
 
 EVAL_BATCH_SIZE = 500  # Inference needs no small batches; larger ones waste less per step.
@@ -24,26 +25,6 @@ PYDATASET_WORKERS = 4
 def scale(images: np.ndarray) -> np.ndarray:
     """uint8 pixels to float32 in [0, 1], as the notebook's step B."""
     return np.asarray(images, dtype=np.float32) / 255.0
-
-
-def augmenter(augmentation: Augmentation, seed: int) -> keras.Sequential | None:
-    """Keras layers doing what `ImageDataGenerator` did in the notebook, or None if inactive."""
-    if not augmentation.active:
-        return None
-    layers = []
-    if augmentation.rotation_degrees:
-        # RandomRotation takes a fraction of a full turn.
-        fraction = augmentation.rotation_degrees / 360.0
-        layers.append(keras.layers.RandomRotation(fraction, fill_mode="nearest", seed=seed))
-    if augmentation.shift:
-        layers.append(
-            keras.layers.RandomTranslation(
-                augmentation.shift, augmentation.shift, fill_mode="nearest", seed=seed + 1
-            )
-        )
-    if augmentation.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2))
-    return keras.Sequential(layers, name="augmentation")
 
 
 def training_batches(
