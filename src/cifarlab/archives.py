@@ -38,6 +38,9 @@ _ALLOWED_GLOBALS = {
 }
 
 
+_LARGE_MEMBER = 1 << 20  # Bytes; a non-image file this large is data, not a stray note.
+
+
 class _AllowListUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in _ALLOWED_GLOBALS:
@@ -134,6 +137,9 @@ def holds_images(archive: Path, suffixes: frozenset[str], sample: int = 50) -> b
             for member in tar:
                 if member.isfile():
                     is_image = PurePosixPath(member.name).suffix.lower() in suffixes
+                    if not is_image and member.size > _LARGE_MEMBER:
+                        # A dataset's pickle or array: stop before decompressing past it.
+                        return False
                     images, others = images + is_image, others + (not is_image)
                 if images + others >= sample:
                     break
