@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from cifarlab import archives, data
+from cifarlab import archives, cache, data
 from cifarlab.errors import RunError, UserError
 from tests.conftest import write_cifar10_archive
 
@@ -41,7 +41,7 @@ def test_split_is_seeded_disjoint_and_a_fifth(tiny_archive):
 
 def test_decoded_arrays_are_cached(tiny_archive):
     data.load(tiny_archive)
-    cached = list((data.cache_dir() / "decoded").glob("cifar10-*.npz"))
+    cached = list((cache.directory() / "decoded").glob("cifar10-*.npz"))
     assert cached
     with np.load(cached[0]) as arrays:
         assert arrays["x_train"].shape == (80, 32, 32, 3)

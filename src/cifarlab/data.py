@@ -23,10 +23,7 @@ from cifarlab import archives, cache, datasets, folders
 from cifarlab.errors import UserError
 
 _CIFAR10 = datasets.STANDARDS["cifar10"]
-CIFAR10_URL = _CIFAR10.downloads[0].url
 CIFAR10_SHA256 = _CIFAR10.downloads[0].sha256
-CIFAR10_ARCHIVE = _CIFAR10.downloads[0].file
-CIFAR10_FOLDER = _CIFAR10.folder
 CIFAR10_CLASSES = datasets.CIFAR10_CLASSES
 
 
@@ -224,11 +221,6 @@ def stratified_split(
         held.append(members[:num_held])
         kept.append(members[num_held:])
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
-
-
-def cache_dir() -> Path:
-    """The per-user cache: `$XDG_CACHE_HOME/cifarlab`, else `~/.cache/cifarlab`."""
-    return cache.directory()
 
 
 def locate(path: str | Path | None = None, dataset: str = "cifar10", quiet: bool = False) -> Path:

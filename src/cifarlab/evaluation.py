@@ -9,7 +9,6 @@ checked by hand. Results go to the run folder's `metrics.json`; test-set probabi
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cifarlab import pipeline
 from cifarlab.config import Config
 from cifarlab.data import Dataset
 from cifarlab.errors import UserError
+from cifarlab.runs import read_history
 
 
 def run(run_dir: str | Path, data: Dataset, quiet: bool = False) -> dict:
@@ -90,10 +90,9 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_
 
 def training_summary(run_dir: Path, num_train_images: int) -> dict:
     """Epochs, best epoch and timing read from the run's `history.csv`."""
-    with open(run_dir / "history.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
-    val_losses = [float(row["val_loss"]) for row in rows]
-    seconds = [float(row.get("seconds") or 0.0) for row in rows]
+    rows = read_history(run_dir / "history.csv")
+    val_losses = [row["val_loss"] for row in rows]
+    seconds = [row.get("seconds", 0.0) for row in rows]
     train_seconds = sum(seconds)
     seconds_per_epoch = train_seconds / len(rows) if rows else 0.0
     return {
