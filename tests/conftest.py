@@ -86,11 +86,14 @@ def real_subset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tiny_archive, tmp_path_factory) -> Path:
     """A baseline run folder trained for one epoch on `tiny_archive`, shared by the session."""
-    from cifarlab import config, data, training
+    from cifarlab import config, training
+    from cifarlab.data import dataset
 
     run_config = config.override(config.experiment("baseline"), epochs=1, precision="float32")
     run_dir = tmp_path_factory.mktemp("runs") / "baseline"
-    training.run(run_config, run_dir, data.load_for(run_config, tiny_archive), quiet=True)
+    training.train_and_evaluate(
+        run_config, run_dir, dataset.load_for(run_config, tiny_archive), quiet=True
+    )
     return run_dir
 
 

@@ -9,17 +9,18 @@ import tarfile
 import numpy as np
 import pytest
 
-from cifarlab import archives, cache, data
+from cifarlab import load_data
+from cifarlab.data import cache, dataset, safe_files, standard
 from cifarlab.errors import RunError, UserError
 from tests.conftest import write_cifar10_archive
 
 
 def test_reads_archive_and_extracted_folder_alike(tiny_archive, tmp_path):
-    from_archive = data.load(tiny_archive)
+    from_archive = load_data(tiny_archive)
     with tarfile.open(tiny_archive) as tar:
         tar.extractall(tmp_path, filter="data")
-    from_folder = data.load(tmp_path / "cifar-10-batches-py")
-    from_parent = data.load(tmp_path)
+    from_folder = load_data(tmp_path / "cifar-10-batches-py")
+    from_parent = load_data(tmp_path)
     for other in (from_folder, from_parent):
         np.testing.assert_array_equal(from_archive.x_train, other.x_train)
         np.testing.assert_array_equal(from_archive.y_test, other.y_test)
@@ -29,8 +30,8 @@ def test_reads_archive_and_extracted_folder_alike(tiny_archive, tmp_path):
 
 
 def test_split_is_seeded_disjoint_and_a_fifth(tiny_archive):
-    first, again = data.load(tiny_archive, seed=3), data.load(tiny_archive, seed=3)
-    other = data.load(tiny_archive, seed=4)
+    first, again = load_data(tiny_archive, seed=3), load_data(tiny_archive, seed=3)
+    other = load_data(tiny_archive, seed=4)
     # 80 training images: 16 validation, 64 training.
     assert (len(first.y_val), len(first.y_train), len(first.y_test)) == (16, 64, 40)
     np.testing.assert_array_equal(first.x_val, again.x_val)
@@ -40,7 +41,7 @@ def test_split_is_seeded_disjoint_and_a_fifth(tiny_archive):
 
 
 def test_decoded_arrays_are_cached(tiny_archive):
-    data.load(tiny_archive)
+    load_data(tiny_archive)
     cached = list((cache.directory() / "decoded").glob("cifar10-*.npz"))
     assert cached
     with np.load(cached[0]) as arrays:
@@ -49,19 +50,19 @@ def test_decoded_arrays_are_cached(tiny_archive):
 
 def test_environment_variable_names_the_data(tiny_archive, monkeypatch):
     monkeypatch.setenv("CIFARLAB_DATA", str(tiny_archive))
-    assert data.locate() == tiny_archive
+    assert dataset.locate() == tiny_archive
 
 
 def test_missing_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        data.load(tmp_path / "nowhere.tar.gz")
+        load_data(tmp_path / "nowhere.tar.gz")
 
 
 def test_truncated_archive_is_refused(tiny_archive, tmp_path):
     truncated = tmp_path / "cifar-10-python.tar.gz"
     truncated.write_bytes(tiny_archive.read_bytes()[:5000])
     with pytest.raises(UserError, match="truncated"):
-        data.load(truncated)
+        load_data(truncated)
 
 
 def test_member_escaping_the_folder_is_refused(tmp_path):
@@ -71,7 +72,7 @@ def test_member_escaping_the_folder_is_refused(tmp_path):
         info.size = 2
         tar.addfile(info, io.BytesIO(b"hi"))
     with pytest.raises(UserError, match="unsafe member"):
-        data.load(archive)
+        load_data(archive)
     assert not (tmp_path.parent / "escape.txt").exists()
 
 
@@ -93,7 +94,7 @@ def test_pickle_that_runs_code_is_refused_and_the_code_does_not_run(tmp_path):
     evil = pickle.dumps({b"data": _RunsCode(marker), b"labels": []})
     (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(evil)
     with pytest.raises(UserError, match="data_batch_2"):
-        data.load(tmp_path / "cifar-10-batches-py")
+        load_data(tmp_path / "cifar-10-batches-py")
     assert not marker.exists()
 
 
@@ -104,26 +105,36 @@ def test_wrong_array_shape_is_refused(tmp_path):
     bad = {b"data": np.zeros((4, 100), np.uint8), b"labels": [0, 1, 2, 3]}
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(bad))
     with pytest.raises(UserError, match="uint8×3072"):
-        data.load(tmp_path / "cifar-10-batches-py")
+        load_data(tmp_path / "cifar-10-batches-py")
 
 
 def test_download_with_wrong_checksum_leaves_nothing(tiny_archive, tmp_path):
     destination = tmp_path / "cache" / "cifar-10-python.tar.gz"
     with pytest.raises(RunError, match="SHA-256"):
-        archives.download(tiny_archive.as_uri(), destination, data.CIFAR10_SHA256, quiet=True)
+        safe_files.download(
+            tiny_archive.as_uri(),
+            destination,
+            standard.STANDARDS["cifar10"].downloads[0].sha256,
+            quiet=True,
+        )
     assert not destination.exists()
     assert list(destination.parent.iterdir()) == []
 
 
 def test_download_with_right_checksum_stores_the_file(tiny_archive, tmp_path):
     destination = tmp_path / "cifar-10-python.tar.gz"
-    digest = archives.sha256_of(tiny_archive)
-    archives.download(tiny_archive.as_uri(), destination, digest, quiet=True)
+    digest = safe_files.sha256_of(tiny_archive)
+    safe_files.download(tiny_archive.as_uri(), destination, digest, quiet=True)
     assert destination.read_bytes() == tiny_archive.read_bytes()
 
 
 def test_failed_download_names_the_url_and_the_flag(tmp_path):
     missing = (tmp_path / "absent.tar.gz").as_uri()
     with pytest.raises(RunError, match="--data") as error:
-        archives.download(missing, tmp_path / "out.tar.gz", data.CIFAR10_SHA256, quiet=True)
+        safe_files.download(
+            missing,
+            tmp_path / "out.tar.gz",
+            standard.STANDARDS["cifar10"].downloads[0].sha256,
+            quiet=True,
+        )
     assert missing in str(error.value)

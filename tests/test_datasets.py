@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarlab import cache, cli, data, datasets, models
+from cifarlab import cli, load_data, models
 from cifarlab.config import BASELINE
+from cifarlab.data import cache, standard
 from cifarlab.errors import UserError
 
 FINE_NAMES = [f"fine_{index:02d}" for index in range(100)]
@@ -95,19 +96,19 @@ def fashion_folder(tmp_path_factory) -> Path:
 
 
 def test_cifar100_reads_fine_labels_and_names_from_the_archive(cifar100_archive, tmp_path):
-    dataset = data.load(cifar100_archive, dataset="cifar100", quiet=True)
+    dataset = load_data(cifar100_archive, dataset="cifar100", quiet=True)
     assert dataset.class_names == tuple(FINE_NAMES) and dataset.num_classes == 100
     assert dataset.image_shape == (32, 32, 3) and dataset.name == "cifar100"
     assert len(dataset.y_train) + len(dataset.y_val) == 200 and len(dataset.y_test) == 100
     with tarfile.open(cifar100_archive) as tar:
         tar.extractall(tmp_path, filter="data")
     for other in (tmp_path, tmp_path / "cifar-100-python"):
-        again = data.load(other, dataset="cifar100", quiet=True)
+        again = load_data(other, dataset="cifar100", quiet=True)
         np.testing.assert_array_equal(again.x_test, dataset.x_test)
 
 
 def test_cifar100_pixels_keep_the_plane_order(cifar100_archive):
-    dataset = data.load(cifar100_archive, dataset="cifar100", quiet=True)
+    dataset = load_data(cifar100_archive, dataset="cifar100", quiet=True)
     with tarfile.open(cifar100_archive) as tar:
         test = pickle.loads(tar.extractfile("cifar-100-python/test").read())
     # Row = red plane, green plane, blue plane: pixel (0, 0) is elements 0, 1024 and 2048.
@@ -117,20 +118,20 @@ def test_cifar100_pixels_keep_the_plane_order(cifar100_archive):
 
 def test_mnist_npz_becomes_three_channels_at_the_requested_size(tmp_path):
     arrays = write_mnist_npz(tmp_path / "mnist.npz")
-    native = data.load(tmp_path / "mnist.npz", dataset="mnist", image_size=28, quiet=True)
+    native = load_data(tmp_path / "mnist.npz", dataset="mnist", image_size=28, quiet=True)
     assert native.class_names == tuple("0123456789")
     # At its own size, every channel is the original greyscale image.
     for channel in range(3):
         np.testing.assert_array_equal(native.x_test[..., channel], arrays["x_test"])
     np.testing.assert_array_equal(native.y_test, arrays["y_test"])
-    resized = data.load(tmp_path, dataset="mnist", quiet=True)
+    resized = load_data(tmp_path, dataset="mnist", quiet=True)
     assert resized.image_shape == (32, 32, 3)
     assert resized.notes["original_sizes"]["most_common"] == "28×28"
 
 
 def test_fashion_mnist_reads_the_idx_files(tmp_path):
     arrays = write_fashion_mnist(tmp_path)
-    dataset = data.load(tmp_path, dataset="fashion_mnist", image_size=28, quiet=True)
+    dataset = load_data(tmp_path, dataset="fashion_mnist", image_size=28, quiet=True)
     assert dataset.class_names[0] == "T-shirt/top" and dataset.num_classes == 10
     np.testing.assert_array_equal(dataset.x_test[..., 1], arrays["x_test"])
     np.testing.assert_array_equal(dataset.y_test, arrays["y_test"])
@@ -142,10 +143,10 @@ def test_idx_with_a_wrong_header_or_length_is_refused(tmp_path):
     labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
     labels.write_bytes(gzip.compress(bytes((0, 0, 13, 1)) + (20).to_bytes(4, "big") + bytes(20)))
     with pytest.raises(UserError, match="no IDX header"):
-        data.load(tmp_path, dataset="fashion_mnist", quiet=True)
+        load_data(tmp_path, dataset="fashion_mnist", quiet=True)
     labels.write_bytes(gzip.compress(bytes((0, 0, 8, 1)) + (20).to_bytes(4, "big") + bytes(19)))
     with pytest.raises(UserError, match="its header declares"):
-        data.load(tmp_path, dataset="fashion_mnist", quiet=True)
+        load_data(tmp_path, dataset="fashion_mnist", quiet=True)
 
 
 def test_npz_holding_pickled_objects_is_refused(tmp_path):
@@ -153,31 +154,34 @@ def test_npz_holding_pickled_objects_is_refused(tmp_path):
     objects = np.array([{"code": "would run on load"}], dtype=object)
     np.savez(tmp_path / "mnist.npz", **{**arrays, "y_test": objects})
     with pytest.raises(UserError, match="not Keras's mnist.npz"):
-        data.load(tmp_path / "mnist.npz", dataset="mnist", quiet=True)
+        load_data(tmp_path / "mnist.npz", dataset="mnist", quiet=True)
 
 
 def test_cached_download_is_used_without_a_path(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cache.directory().mkdir(parents=True)
     write_mnist_npz(cache.directory() / "mnist.npz")
-    dataset = data.load(dataset="mnist", quiet=True)
+    dataset = load_data(dataset="mnist", quiet=True)
     assert dataset.source == str(cache.directory() / "mnist.npz")
 
 
 def test_environment_variable_names_a_folder_holding_the_files(fashion_folder, monkeypatch):
     monkeypatch.setenv("CIFARLAB_DATA", str(fashion_folder))
-    assert data.load(dataset="fashion_mnist", quiet=True).source == str(fashion_folder)
+    assert load_data(dataset="fashion_mnist", quiet=True).source == str(fashion_folder)
 
 
 def test_folder_without_the_files_says_what_it_wants(tmp_path):
-    with pytest.raises(UserError, match="holds no mnist data \\(mnist.npz\\)"):
-        data.load(tmp_path, dataset="mnist", quiet=True)
+    with pytest.raises(UserError, match="is empty; point --data at a dataset or a folder"):
+        load_data(tmp_path, dataset="mnist", quiet=True)
+    (tmp_path / "notes.txt").write_text("not data")
+    with pytest.raises(UserError, match="holds neither mnist data \\(mnist.npz\\) nor class"):
+        load_data(tmp_path, dataset="mnist", quiet=True)
     with pytest.raises(UserError, match="Unknown dataset 'svhn'"):
-        data.load(tmp_path, dataset="svhn", quiet=True)
+        load_data(tmp_path, dataset="svhn", quiet=True)
 
 
 def test_command_line_offers_exactly_the_standard_datasets():
-    assert tuple(datasets.STANDARDS) == cli.DATASETS
+    assert tuple(standard.STANDARDS) == cli.DATASETS
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ def entry(comparisons: list[dict], key: str) -> dict:
 
 
 def compare(**histories) -> list[dict]:
-    return diagnosis.compare(
+    return diagnosis.compare_runs(
         {name: diagnosis.diagnose(rows, num_classes=10) for name, rows in histories.items()}
     )
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import images
+from cifarlab.data import images
 from cifarlab.errors import UserError
 
 RNG = np.random.default_rng(0)
@@ -106,8 +106,8 @@ def test_centre_square_is_kept():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"just some text, not pixels", "not an image"),
-        (b"", "not an image"),
+        (b"just some text, not pixels", "not a supported image"),
+        (b"", "not a supported image"),
         (encoded(Image.new("RGB", (300, 300)), "JPEG")[:400], "truncated"),
         (encoded(Image.new("RGB", (300, 300), "red"), "PNG")[:-30], "truncated"),
     ],
@@ -130,5 +130,5 @@ def test_folders_are_walked_for_image_files(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / ".hidden.png").write_bytes(b"")
     named = tmp_path / "named.txt"
-    found = images.find_images([tmp_path, named])
+    found = images.image_files([tmp_path, named])
     assert found == [tmp_path / "b.png", tmp_path / "nested" / "a.JPG", named]

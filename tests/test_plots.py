@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import plots
+from cifarlab.report import plots
 
 CLASS_NAMES = ("daisy", "rose", "tulip")
 

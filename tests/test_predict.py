@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import cli, images, prediction
-from cifarlab.data import CIFAR10_CLASSES
+from cifarlab import cli, prediction
+from cifarlab.data import images
+from cifarlab.data.standard import CIFAR10_CLASSES
 
 RNG = np.random.default_rng(1)
 
@@ -66,10 +67,9 @@ def test_cli_table_reports_non_images_and_exits_2(trained_run, photo_folder, cap
     header, row = out.strip().splitlines()
     assert header.split() == ["file", "top-1", "top-2"]
     assert row.startswith(str(photo_folder / "alpha.png"))
-    assert (
-        err.strip()
-        == f"cifarlab: skipped: {photo_folder / 'readme.txt'} is not an image Pillow can read."
-    )
+    readme = photo_folder / "readme.txt"
+    supported = "JPEG, PNG, BMP, GIF, WebP or TIFF"
+    assert err.strip() == f"cifarlab: {readme} is not a supported image ({supported})."
 
 
 def test_cli_json_prints_one_parsable_object_per_image(trained_run, photo_folder, capsys):
@@ -89,7 +89,7 @@ def test_cli_explain_saves_one_overlay_per_image(trained_run, photo_folder, tmp_
     )
     saved = sorted(path.name for path in out_dir.iterdir())
     assert saved == sorted(
-        f"{path.stem}.gradcam.png" for path in images.find_images([photo_folder])
+        f"{path.stem}.gradcam.png" for path in images.image_files([photo_folder])
     )
     with Image.open(out_dir / "alpha.gradcam.png") as overlay:
         assert overlay.size == (256, 256) and overlay.mode == "RGB"

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from cifarlab import api, cli, report
+from cifarlab import api, cli
 from cifarlab.config import Config
 from cifarlab.errors import UserError
-from cifarlab.runs import Study
+from cifarlab.report import build
+from cifarlab.run_folder import Study
 
 EXPERIMENTS = ("baseline", "batchnorm")
 SEEDS = (0, 1)
@@ -71,7 +72,7 @@ def test_each_experiment_and_seed_is_an_ordinary_run_folder(repeated_study):
             assert sorted(path.name for path in run_dir.glob("*.png")) == sorted(expected)
     with open(repeated_study / "results.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert tuple(rows[0]) == report.RESULT_COLUMNS and report.RESULT_COLUMNS[-1] == "seed"
+    assert tuple(rows[0]) == build.RESULT_COLUMNS and build.RESULT_COLUMNS[-1] == "seed"
     assert [(row["experiment"], int(row["seed"])) for row in rows] == [
         (experiment, seed) for experiment in EXPERIMENTS for seed in SEEDS
     ]

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cifarlab.data import CIFAR10_CLASSES
+from cifarlab.data.standard import CIFAR10_CLASSES
 from cifarlab.serve import app as serve_app
 
 
@@ -87,7 +87,7 @@ def test_page_static_files_and_docs_are_served(client):
 @pytest.mark.parametrize(
     ("data", "fields", "status", "message"),
     [
-        (b"hello, I am text", {}, 400, "not an image"),
+        (b"hello, I am text", {}, 400, "not a supported image"),
         (jpeg((300, 300))[:500], {}, 400, "truncated"),
         (b"", {}, 400, "empty"),
         (jpeg(), {"run": "nonexistent"}, 404, "Unknown run 'nonexistent'"),

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cifarlab.data import CIFAR10_CLASSES
+from cifarlab.data.standard import CIFAR10_CLASSES
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, installed by .ci/run.
 CHROMIUM_ARGS = [

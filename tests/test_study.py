@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import cli, diagnosis, report
+from cifarlab import cli, diagnosis
+from cifarlab.report import build
 
 EXPERIMENTS = ("baseline", "augmented", "batchnorm")
 RUN_FIGURES = ("curves.png", "confusion.png", "per_class.png", "errors.png", "features.png")
@@ -82,7 +83,7 @@ def test_results_have_one_row_per_run_with_the_promised_columns(study_folder):
     with open(study_folder / "results.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [row["experiment"] for row in rows] == list(EXPERIMENTS)
-    assert tuple(rows[0]) == report.RESULT_COLUMNS
+    assert tuple(rows[0]) == build.RESULT_COLUMNS
     for row in rows:
         assert row["verdict"] in diagnosis.VERDICTS
         assert int(row["epochs_run"]) == 2 and 1 <= int(row["best_epoch"]) <= 2

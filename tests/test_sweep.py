@@ -5,13 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from cifarlab import cli, config, distributed, sweep
+from cifarlab import cli, config, run_folder
 from cifarlab.errors import RunError, UserError
+from cifarlab.scale import ray_jobs, sweep
 
 GRID = ["learning_rate=1e-3,3e-3", "batch_size=16,32"]
 BASE = config.override(config.BASELINE, epochs=1)
@@ -37,8 +42,8 @@ def local_ray(tmp_path_factory):
 def grid_sweep(local_ray, tiny_archive, tmp_path_factory):
     """A 2×2 grid × 2 seeds, one epoch each, two runs at a time."""
     out = tmp_path_factory.mktemp("sweep")
-    options = distributed.RayOptions(workers=2)
-    return sweep.run(BASE, GRID, 2, tiny_archive, out, options, progress=False)
+    options = ray_jobs.RayOptions(workers=2)
+    return sweep.sweep_grid(BASE, GRID, 2, tiny_archive, out, options, progress=False)
 
 
 def run_folders(folder):
@@ -50,7 +55,7 @@ def test_grid_gives_one_finished_run_folder_per_point_and_seed(grid_sweep):
     folders = run_folders(grid_sweep.folder)
     assert len(folders) == 8 and len(grid_sweep.outcome.finished) == 8
     for folder in folders:
-        saved = config.Config.load(folder / "config.json")
+        saved = run_folder.read_config(folder)
         assert folder.parent.name == (
             f"learning_rate={saved.learning_rate},batch_size={saved.batch_size}"
         )
@@ -99,29 +104,72 @@ def test_rerunning_the_command_trains_nothing(grid_sweep, tiny_archive, capsys):
     argv += ["--epochs", "1", "--data", str(tiny_archive), "--out", str(out), "--workers", "2"]
     assert cli.main(argv) == 0
     assert "8 of 8 runs already finished" in capsys.readouterr().out
-    again = sweep.run(BASE, GRID, 2, tiny_archive, out, progress=False)
+    again = sweep.sweep_grid(BASE, GRID, 2, tiny_archive, out, progress=False)
     assert again.outcome.submitted == 0 and len(again.outcome.skipped) == 8
     assert {path: path.stat().st_mtime_ns for path in files} == before
 
 
 @pytest.mark.slow
-def test_a_dead_worker_is_reported_without_retries_and_retried_with_them(
-    local_ray, tiny_archive, tmp_path, monkeypatch
+def test_a_different_config_in_a_finished_sweep_is_refused_naming_it(
+    grid_sweep, tiny_archive, capsys
+):
+    out = grid_sweep.folder.parent
+    argv = ["sweep", "baseline", "--grid", GRID[0], "--grid", GRID[1], "--repeats", "2"]
+    argv += ["--epochs", "2", "--data", str(tiny_archive), "--out", str(out), "--workers", "2"]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "holds a run with a different config (epochs 1 → 2)" in error
+    assert all(run_folder.read_config(folder).epochs == 1 for folder in run_folders(out))
+
+
+def training_worker() -> int | None:
+    """The process id of a Ray worker running `train_one` (Ray titles it `ray::train_one`)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if entry.name.isdigit() and title.startswith(b"ray::train_one"):
+            return int(entry.name)
+    return None
+
+
+def kill_the_worker_once_it_trains(run_dir: Path, timeout: float = 300) -> None:
+    """`kill -9` the Ray worker training into `run_dir`, once its run folder has begun."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = training_worker()
+        if pid and (run_dir / "config.json").is_file():
+            os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no worker began training into {run_dir}")
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_reported_without_retries_and_retried_with_them(
+    local_ray, tiny_archive, tmp_path
 ):
     out = tmp_path / "out"
-    monkeypatch.setenv(distributed.FAULT_ONCE, str(tmp_path / "first-crash"))
-    no_retries = distributed.RayOptions(workers=1, max_retries=0)
-    with pytest.raises(RunError, match="1 of 1 runs failed"):
-        sweep.run(BASE, ["batch_size=32"], 1, tiny_archive, out, no_retries, progress=False)
+    run_dir = out / "baseline" / "batch_size=32" / "seed=0"
+    with ThreadPoolExecutor(1) as pool:
+        no_retries = ray_jobs.RayOptions(workers=1, max_retries=0)
+        future = pool.submit(sweep.sweep_grid, BASE, ["batch_size=32"], 1, tiny_archive, out,
+                             no_retries, False)  # fmt: skip
+        kill_the_worker_once_it_trains(run_dir)
+        with pytest.raises(RunError, match="1 of 1 runs failed"):
+            future.result()
     rows = (out / "baseline" / "sweep.csv").read_text().splitlines()
     assert rows[1].startswith("32,0,")  # The point is listed, with no finished seeds.
+    assert not run_folder.is_finished(run_dir)
 
-    second_crash = tmp_path / "second-crash"
-    monkeypatch.setenv(distributed.FAULT_ONCE, str(second_crash))
-    one_retry = distributed.RayOptions(workers=1, max_retries=1)
-    result = sweep.run(BASE, ["batch_size=32"], 1, tiny_archive, out, one_retry, progress=False)
-    assert second_crash.exists()  # The first attempt killed its worker...
-    assert result.outcome.failed == {} and len(result.outcome.finished) == 1  # ...the retry ran.
+    with ThreadPoolExecutor(1) as pool:
+        one_retry = ray_jobs.RayOptions(workers=1, max_retries=1)
+        future = pool.submit(sweep.sweep_grid, BASE, ["batch_size=32"], 1, tiny_archive, out,
+                             one_retry, False)  # fmt: skip
+        kill_the_worker_once_it_trains(run_dir)
+        result = future.result()
+    assert result.outcome.failed == {} and len(result.outcome.finished) == 1  # The retry ran.
     assert len(run_folders(result.folder)) == 1 and result.rows[0]["n"] == 1
 
 

@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-from cifarlab import cli, data
-from cifarlab.runs import read_history
+from cifarlab import cli, load_data
+from cifarlab.run_folder import read_history
 
 EXPERIMENTS = ("baseline", "augmented", "batchnorm")
 METRICS_KEYS = {
@@ -54,7 +54,7 @@ def test_run_folder_has_the_contract_files(runs, name):
 
 
 def test_best_checkpoint_reloads_and_predicts_identically(runs, tiny_archive):
-    dataset = data.load(tiny_archive)
+    dataset = load_data(tiny_archive)
     model = keras.models.load_model(runs / "batchnorm" / "best.keras")
     saved = np.load(runs / "batchnorm" / "test_probabilities.npy")
     predicted = model.predict(dataset.x_test.astype(np.float32) / 255, verbose=0)
@@ -107,15 +107,15 @@ def test_killed_run_resumes_with_each_epoch_once(tiny_archive, tmp_path):
                str(tiny_archive), "--epochs", "12", "--out", str(out), "--quiet"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while len(read_history(out / "history.csv")) < 2 and time.monotonic() < deadline:
+    while len(read_history(out)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    finished = len(read_history(out / "history.csv"))
+    finished = len(read_history(out))
     assert 2 <= finished < 12 and not (out / "metrics.json").exists()
 
     arguments = ["train", "baseline", "--data", str(tiny_archive), "--epochs", "12", "--quiet"]
     assert cli.main([*arguments, "--out", str(out)]) == 0
-    epochs = [row["epoch"] for row in read_history(out / "history.csv")]
+    epochs = [row["epoch"] for row in read_history(out)]
     assert epochs == list(range(12))
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 12

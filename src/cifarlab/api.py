@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from cifarlab import config as configs
-from cifarlab.data import Dataset
-from cifarlab.data import load as load_data
+from cifarlab.data.dataset import Dataset
+from cifarlab.data.dataset import load as load_data
 from cifarlab.errors import UserError
-from cifarlab.runs import Run, Study
+from cifarlab.run_folder import Run, Study
 
 __all__ = [
     "Run", "Study", "build_report", "evaluate", "experiment_config", "load_data", "open_run",
@@ -46,8 +46,8 @@ def train(
     `data`, the dataset is loaded from `path` with the config's split settings. An interrupted
     run in `out` resumes where it stopped.
     """
-    from cifarlab import data as datasets
     from cifarlab import training
+    from cifarlab.data import dataset
 
     if data is not None:
         # A run records the split it trained on, so the data's settings become the config's.
@@ -60,20 +60,20 @@ def train(
             overrides[key] = value
     config = experiment_config(experiment, **overrides)
     if data is None:
-        data = datasets.load_for(config, path, quiet=quiet)
+        data = dataset.load_for(config, path, quiet=quiet)
     out = Path(out) if out is not None else Path("runs") / config.name
-    training.run(config, out, data, overwrite=overwrite, quiet=quiet, tensorboard=tensorboard)
+    training.train_and_evaluate(config, out, data, overwrite, quiet, tensorboard)
     return Run(out)
 
 
 def evaluate(run: Run | str | Path, data: Dataset | None = None, path=None) -> dict:
     """Evaluate a run's best checkpoint on every split again; returns the new metrics."""
-    from cifarlab import data as datasets
     from cifarlab import evaluation
+    from cifarlab.data import dataset
 
     run = open_run(run)
-    data = data if data is not None else datasets.load_for(run.config, path)
-    return evaluation.run(run.path, data)
+    data = data if data is not None else dataset.load_for(run.config, path)
+    return evaluation.evaluate_run(run.path, data)
 
 
 def open_run(run: Run | str | Path) -> Run:
@@ -108,22 +108,23 @@ def study(
     returned `Study` shows its results and diagnosis.
     """
     from cifarlab import studies
-    from cifarlab.distributed import RayOptions
+    from cifarlab.scale.ray_jobs import RayOptions
 
-    options = RayOptions(ray_address, workers, cpus_per_run, gpus_per_run)
-    studies.run(
-        experiments, out, data=data, path=path, epochs=epochs, seed=seed, quiet=quiet,
-        precision=precision, projection=projection, repeats=repeats, ray_options=options,
-        **data_settings,
+    options = studies.StudyOptions(
+        experiments=tuple(experiments), out=Path(out), path=path, epochs=epochs, seed=seed,
+        precision=precision, projection=projection, quiet=quiet, repeats=repeats,
+        ray=RayOptions(ray_address, workers, cpus_per_run, gpus_per_run),
+        data_settings=data_settings,
     )  # fmt: skip
-    return Study(Path(out))
+    studies.train_and_report(options, data)
+    return Study(options.out)
 
 
 def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Path]:
     """Rebuild the report (HTML, Markdown, CSV, JSON, figures) from finished run folders."""
-    from cifarlab import report
+    from cifarlab.report import build
 
-    return report.build(run_dirs, out)
+    return build.write_report(run_dirs, out)
 
 
 def predict(run: Run | str | Path, images: list[str | Path], top_k: int = 3) -> list:

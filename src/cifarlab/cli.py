@@ -16,8 +16,11 @@ Errors reach the user as one sentence: exit code 2 for bad input, 1 for failures
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from cifarlab.errors import RunError, UserError
@@ -90,7 +93,7 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
 
 
 def ray_options(args: argparse.Namespace):
-    from cifarlab.distributed import RayOptions
+    from cifarlab.scale.ray_jobs import RayOptions
 
     return RayOptions(args.ray_address, args.workers, args.cpus_per_run, args.gpus_per_run)
 
@@ -136,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiments", default="baseline,augmented,batchnorm", help="comma-separated names"
     )
     study.add_argument(
-        "--projection", choices=("pca", "tsne"), default="pca", help="for features.png"
+        "--projection",
+        choices=("pca", "tsne"),
+        default="pca",
+        help="how the feature plot maps features to 2-D",
     )
     add_data_options(study)
     study.add_argument("--epochs", type=positive_int, help="epochs per experiment (default 50)")
@@ -156,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="report folder (default: the runs' folder)")
     report.set_defaults(handler=_report)
     predict = commands.add_parser("predict", help="classify your own images with a trained run")
-    predict.add_argument("model", type=Path, help="run folder (its best.keras) or a .keras file")
+    predict.add_argument(
+        "model", type=Path, help="run folder (its best checkpoint) or a .keras file"
+    )
     predict.add_argument("images", type=Path, nargs="+", help="image files or folders of them")
     predict.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image")
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
@@ -194,7 +202,7 @@ def data_overrides(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cifarlab import api
+    from cifarlab import api, evaluation
 
     run = api.train(
         args.experiment,
@@ -205,66 +213,61 @@ def _train(args: argparse.Namespace) -> int:
         tensorboard=args.tensorboard,
         **_training_overrides(args),
     )
+    print(evaluation.format_metrics(run.metrics))
     print(f"Run folder: {run.path}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cifarlab import api
+    from cifarlab import api, evaluation
 
-    api.evaluate(args.run_dir, path=args.data)
+    print(evaluation.format_metrics(api.evaluate(args.run_dir, path=args.data)))
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from cifarlab import api, sweep
+    from cifarlab import api
+    from cifarlab.scale import sweep
 
     base = api.experiment_config(args.experiment, **_training_overrides(args))
-    result = sweep.run(
+    result = sweep.sweep_grid(
         base, args.grid, args.repeats, args.data, args.out, ray_options(args), not args.quiet
     )
+    print(result.text)
     print(f"Sweep folder: {result.folder}")
     return 0
 
 
-def _dataset(args: argparse.Namespace):
-    """The dataset the command line names, split as its options say."""
-    from cifarlab import config, data
+def _data_info(args: argparse.Namespace) -> int:
+    from cifarlab import config
+    from cifarlab.data import dataset
 
     settings = config.override(
         config.Config(), seed=args.seed, val_fraction=args.val_fraction, **data_overrides(args)
     )
-    return data.load_for(settings, args.data, quiet=getattr(args, "quiet", False))
-
-
-def _data_info(args: argparse.Namespace) -> int:
-    from cifarlab import data
-
-    print(data.describe(_dataset(args)))
+    print(dataset.counts_table(dataset.load_for(settings, args.data)))
     return 0
 
 
 def _study(args: argparse.Namespace) -> int:
     from cifarlab import api
 
-    if args.repeats > 1:
-        # Each seed splits the data its own way, so the Ray workers load it themselves.
-        source = {
-            "path": args.data, "seed": args.seed, "val_fraction": args.val_fraction,
-            "repeats": args.repeats, "ray_address": args.ray_address, "workers": args.workers,
-            "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
-            **data_overrides(args),
-        }  # fmt: skip
-    else:
-        source = {"data": _dataset(args)}
     study = api.study(
         args.experiments.split(","),
         out=args.out,
+        path=args.data,
         epochs=args.epochs,
+        seed=args.seed,
         precision=args.precision,
         projection=args.projection,
         quiet=args.quiet,
-        **source,
+        repeats=args.repeats,
+        ray_address=args.ray_address,
+        workers=args.workers,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        val_fraction=args.val_fraction,
+        **data_overrides(args),
     )
     print(f"Report: {study.report}")
     return 0
@@ -274,25 +277,70 @@ def _report(args: argparse.Namespace) -> int:
     from cifarlab import api
 
     written = api.build_report(args.run_dirs, args.out)
-    print(f"Report: {written['report.html']}")
+    print(f"Report: {next(path for path in written.values() if path.suffix == '.html')}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from cifarlab import prediction
 
-    return prediction.run(args.model, args.images, args.top_k, args.json, args.explain)
+    classifier = prediction.load_classifier(args.model)
+    prediction.check_top_k(args.top_k, classifier)
+    failures = shown = 0
+    for result in prediction.predict_with_overlays(
+        classifier, args.images, args.top_k, args.explain
+    ):
+        if result.error is not None:
+            failures += 1
+            print(f"cifarlab: {result.error}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps(result.to_dict()))
+        else:
+            print(prediction.table_row(result, header=shown == 0))
+        shown += result.error is None
+    return 2 if failures else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from cifarlab.serve import app
 
-    app.run(args.run_dirs, args.host, args.port)
+    app.serve(args.run_dirs, args.host, args.port)
     return 0
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time, so captured output works too."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _configure_output(quiet: bool) -> None:
+    """The library's progress lines on stdout and its warnings as one line on stderr."""
+    logger = logging.getLogger("cifarlab")
+    if not any(isinstance(handler, _StdoutHandler) for handler in logger.handlers):
+        logger.addHandler(_StdoutHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"cifarlab: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_output(getattr(args, "quiet", False))
     try:
         return args.handler(args)
     except UserError as error:

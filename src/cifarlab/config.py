@@ -1,17 +1,15 @@
 """One frozen dataclass per run: the notebook's three experiments are named overrides of a base.
 
 A `Config` says everything that decides what a run learns. It is written to every run folder
-as `config.json`, so a run can be resumed, compared and reproduced from its folder alone.
+(`run_folder.CONFIG`), so a run can be resumed, compared and reproduced from its folder alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from cifarlab.errors import UserError
 
@@ -72,13 +70,6 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> Config:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
@@ -134,3 +125,26 @@ def _parse(key: str, value: object, kind: type) -> object:
         except ValueError:
             pass
     raise UserError(f"{key} must be of type {kind.__name__}, not {value!r}.")
+
+
+def describe_differences(old: Config, new: Config) -> list[str]:
+    """Each setting that differs, as "key old → new" ("epochs 1 → 20")."""
+    return [
+        f"{key} {_shown(before)} → {_shown(after)}"
+        for key, (before, after) in _differing(old.to_dict(), new.to_dict()).items()
+    ]
+
+
+def _differing(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
+    found = {}
+    for key in old.keys() | new.keys():
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            found.update(_differing(before, after, f"{prefix}{key}."))
+        elif before != after:
+            found[f"{prefix}{key}"] = (before, after)
+    return dict(sorted(found.items()))
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

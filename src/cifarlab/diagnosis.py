@@ -1,7 +1,7 @@
 """The notebook's questions G and I, computed: is a run over- or underfitting, and what did each
 change (augmentation, batch normalization) do to the curves?
 
-Pure functions on a run's history (the rows of `history.csv`): `diagnose` gives the numbers and
+Pure functions on a run's history (one row per epoch): `diagnose` gives the numbers and
 a verdict by the rules below; `compare` turns two runs' numbers into sentences that quote them
 and say whether the data agrees with the textbook. Nothing here reads or writes files.
 """
@@ -24,25 +24,39 @@ UNDERFIT_LOSS_SHARE = 0.5
 # The "early" training loss is read after this share of the epochs (at least one), so two runs
 # of equal length are compared at the same point of their descent.
 EARLY_SHARE = 0.25
+# A difference smaller than this many binomial standard errors of the validation accuracy could
+# be a handful of validation images: about 95% of chance differences fall within two.
+SAMPLING_ERRORS = 2.0
 
-VERDICTS = ("overfitting", "underfitting", "good fit")
+VERDICTS = ("overfitting", "underfitting", "good fit", "too little evidence")
 CURVES = ("loss", "val_loss", "accuracy", "val_accuracy")
 
 
 def rules(num_classes: int | None = None) -> list[str]:
     """The verdict rules as sentences, with their thresholds, for the report."""
-    chance = f"ln({num_classes}) = {math.log(num_classes):.3f}" if num_classes else "ln(classes)"
+    if num_classes:
+        chance = math.log(num_classes)
+        floor = (
+            f"{UNDERFIT_LOSS_SHARE * chance:.3f} ({UNDERFIT_LOSS_SHARE:g} × the chance loss "
+            f"ln({num_classes}) = {chance:.3f})"
+        )
+    else:
+        floor = f"{UNDERFIT_LOSS_SHARE:g} × the chance loss ln(classes)"
     return [
+        f"too little evidence (checked first): the final validation accuracy is within "
+        f"{SAMPLING_ERRORS:g} standard errors of chance, or the only sign of overfitting is an "
+        f"accuracy gap within {SAMPLING_ERRORS:g} standard errors of the validation accuracy, "
+        "given the number of validation images.",
         f"overfitting: the validation loss ends at least {OVERFIT_VAL_LOSS_RISE_PERCENT:g}% above "
         f"its minimum, or training accuracy ends at least {OVERFIT_ACCURACY_GAP * 100:g} "
         "percentage points above validation accuracy.",
         f"underfitting (if not overfitting): training and validation loss both end at or above "
-        f"{UNDERFIT_LOSS_SHARE:g} × the chance loss {chance}.",
-        "good fit: neither of the above.",
+        f"{floor}.",
+        "good fit: none of the above.",
     ]
 
 
-def diagnose(history: list[dict], num_classes: int) -> dict:
+def diagnose(history: list[dict], num_classes: int, num_val_images: int | None = None) -> dict:
     """The numbers behind the verdict, the verdict itself and the reasons, quoting the numbers.
 
     `history` holds one row per epoch with `loss`, `val_loss`, `accuracy` and `val_accuracy`.
@@ -70,6 +84,9 @@ def diagnose(history: list[dict], num_classes: int) -> dict:
         "early_epoch": early,
         "train_loss_early": train_loss[early - 1],
         "chance_loss": math.log(num_classes),
+        "chance_accuracy": 1.0 / num_classes,
+        "val_accuracy_final": curves["val_accuracy"][-1],
+        "val_images": num_val_images,
         "smoothness": {name: smoothness(values) for name, values in curves.items()},
     }
     verdict, reasons = judge(numbers)
@@ -93,6 +110,11 @@ def smoothness(values: list[float]) -> dict:
     }
 
 
+def sampling_error(accuracy: float, num_images: int) -> float:
+    """The binomial standard error of an accuracy measured on `num_images` images."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / num_images)
+
+
 def judge(numbers: dict) -> tuple[str, list[str]]:
     """The verdict by the rules of `rules()`, and the sentences that justify it."""
     rise = numbers["val_loss_rise_percent"]
@@ -106,17 +128,44 @@ def judge(numbers: dict) -> tuple[str, list[str]]:
         f"Training accuracy ended {gap * 100:.1f} percentage points above validation accuracy "
         f"(threshold {OVERFIT_ACCURACY_GAP * 100:g})."
     )
+    thin = _thin_evidence(numbers, rise)
+    if thin:
+        return "too little evidence", [thin, rise_sentence, gap_sentence]
     if rise >= OVERFIT_VAL_LOSS_RISE_PERCENT or gap >= OVERFIT_ACCURACY_GAP:
         return "overfitting", [rise_sentence, gap_sentence]
     floor = UNDERFIT_LOSS_SHARE * numbers["chance_loss"]
     loss_sentence = (
         f"Training loss ended at {numbers['train_loss_final']:.3f} and validation loss at "
-        f"{numbers['val_loss_final']:.3f}, against {floor:.3f} = {UNDERFIT_LOSS_SHARE:g} × the "
-        f"chance loss {numbers['chance_loss']:.3f}."
+        f"{numbers['val_loss_final']:.3f}, against the threshold {floor:.3f} "
+        f"({UNDERFIT_LOSS_SHARE:g} × the chance loss {numbers['chance_loss']:.3f})."
     )
     if min(numbers["train_loss_final"], numbers["val_loss_final"]) >= floor:
         return "underfitting", [loss_sentence, rise_sentence]
     return "good fit", [rise_sentence, gap_sentence, loss_sentence]
+
+
+def _thin_evidence(numbers: dict, rise: float) -> str:
+    """Why the validation set cannot support a verdict, or "" if it can."""
+    count = numbers.get("val_images")
+    if not count:
+        return ""
+    accuracy, chance = numbers["val_accuracy_final"], numbers["chance_accuracy"]
+    error = sampling_error(chance, count)
+    if accuracy - chance < SAMPLING_ERRORS * error:
+        return (
+            f"Validation accuracy ended at {accuracy:.1%}, within {SAMPLING_ERRORS:g} standard "
+            f"errors ({SAMPLING_ERRORS * error:.1%}) of chance ({chance:.1%}) on {count} "
+            "validation images: the model has not learned enough to judge how it fits."
+        )
+    gap, error = numbers["accuracy_gap_final"], sampling_error(accuracy, count)
+    only_gap = rise < OVERFIT_VAL_LOSS_RISE_PERCENT and gap >= OVERFIT_ACCURACY_GAP
+    if only_gap and gap < SAMPLING_ERRORS * error:
+        return (
+            f"The {gap * 100:.1f}-point accuracy gap is within {SAMPLING_ERRORS:g} standard errors "
+            f"({SAMPLING_ERRORS * error * 100:.1f} points) of the validation accuracy on {count} "
+            f"images, about {round(gap * count)} images: too few to call it overfitting."
+        )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -163,7 +212,7 @@ def value(diagnosis: dict, key: str) -> float:
     return float(diagnosis)
 
 
-def compare(diagnoses: dict[str, dict]) -> list[dict]:
+def compare_runs(diagnoses: dict[str, dict]) -> list[dict]:
     """Every comparison of `COMPARISONS` whose two runs are present, as report entries.
 
     Each entry has the candidate, reference, key, `agrees` (True, False, or None when the
@@ -229,3 +278,19 @@ def sentence(
         f"{numbers}; {change}. This contradicts the textbook expectation that "
         f"{comparison.expectation}: in this run the data shows the opposite."
     )
+
+
+def compare_by_seed(diagnoses: dict[tuple[str, int], dict]) -> list[dict]:
+    """`compare_runs` among the runs of each seed, for studies with repeats.
+
+    A diagnosis describes one run's curves, so repeated runs are compared seed by seed, each
+    sentence beginning with its seed. `diagnoses` is keyed by (experiment, seed).
+    """
+    by_seed: dict[int, dict[str, dict]] = {}
+    for (name, seed), result in diagnoses.items():
+        by_seed.setdefault(seed, {})[name] = result
+    return [
+        {**entry, "seed": seed, "sentence": f"Seed {seed}: {entry['sentence']}"}
+        for seed, same_seed in by_seed.items()
+        for entry in compare_runs(same_seed)
+    ]

@@ -102,7 +102,7 @@ def _gpu_supports_bfloat16() -> bool:
     return True  # JAX's GPU builds target compute capability 8 and later (Ampere, Hopper).
 
 
-def describe(precision: str) -> dict:
+def record(precision: str) -> dict:
     """A record of the software and hardware, written to every run folder."""
     versions = {}
     for package in ("keras", "tensorflow", "jax", "torch", "numpy", "scikit-learn"):

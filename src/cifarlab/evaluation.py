@@ -1,70 +1,60 @@
-"""Evaluate a run's best checkpoint: loss and accuracy per split, then per-class metrics.
+"""The notebook's step E: evaluate a run's best checkpoint, then diagnose its curves (step G).
 
 Predictions come first; the metrics are NumPy and scikit-learn on those arrays, so they can be
-checked by hand. Results go to the run folder's `metrics.json`; test-set probabilities go to
-`test_probabilities.npy` for the figures that need them.
+checked by hand. Scores, per-class metrics and the diagnosis are stored once, in the run
+folder's metrics file (`run_folder.METRICS`), which marks the run finished; reports read
+them from there.
 
     cifarlab evaluate runs/baseline --data cifar-10-python.tar.gz
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from cifarlab import pipeline
-from cifarlab.config import Config
-from cifarlab.data import Dataset
-from cifarlab.errors import UserError
-from cifarlab.runs import read_history
+from cifarlab import diagnosis, input_pipeline, run_folder
+from cifarlab.data.dataset import Dataset
 
 
-def run(run_dir: str | Path, data: Dataset, quiet: bool = False) -> dict:
-    """Evaluate `run_dir/best.keras` on every split of `data`; write and return `metrics.json`."""
+def evaluate_run(run_dir: str | Path, data: Dataset) -> dict:
+    """Evaluate `run_dir`'s best checkpoint on every split of `data`, diagnose the run's history,
+    and write and return the run's metrics."""
     run_dir = Path(run_dir)
-    model = load_best(run_dir)
-    config = Config.load(run_dir / "config.json")
+    model = run_folder.load_best_model(run_dir)
+    config = run_folder.read_config(run_dir)
     scores = {}
     for split, images, labels in (
         ("train", data.x_train, data.y_train),
         ("val", data.x_val, data.y_val),
         ("test", data.x_test, data.y_test),
     ):
-        batches = pipeline.evaluation_batches(images, labels, data.num_classes)
+        batches = input_pipeline.evaluation_batches(images, labels, data.num_classes)
         loss, accuracy = model.evaluate(batches, verbose=0)
         scores[split] = {"loss": float(loss), "accuracy": float(accuracy)}
     probabilities = predict_probabilities(model, data.x_test)
-    np.save(run_dir / "test_probabilities.npy", probabilities)
+    run_folder.save_array(run_dir / run_folder.TEST_PROBABILITIES, probabilities)
+    history = run_folder.read_history(run_dir)
     metrics = {
         "experiment": config.name,
         "dataset": data.name,
         "class_names": list(data.class_names),
         "params": int(model.count_params()),
-        **training_summary(run_dir, len(data.y_train)),
+        **training_summary(history, len(data.y_train)),
         **scores,
         **classification_metrics(data.y_test, probabilities, data.class_names),
+        "diagnosis": diagnosis.diagnose(history, data.num_classes, len(data.y_val)),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if not quiet:
-        print(format_metrics(metrics))
+    run_folder.write_json(run_dir / run_folder.METRICS, metrics)
     return metrics
-
-
-def load_best(run_dir: Path) -> keras.Model:
-    """The run's best checkpoint, or a clear error if the folder has none."""
-    path = Path(run_dir) / "best.keras"
-    if not path.is_file():
-        raise UserError(f"{run_dir} has no best.keras; train it first with cifarlab train.")
-    return keras.models.load_model(path)
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """Class probabilities for uint8 images, in batches, as float32."""
-    outputs = model.predict(pipeline.image_batches(images), verbose=0)
+    outputs = model.predict(input_pipeline.image_batches(images), verbose=0)
     return np.asarray(outputs, dtype=np.float32)
 
 
@@ -88,9 +78,8 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_
     return {"per_class": per_class, "confusion_matrix": matrix.tolist()}
 
 
-def training_summary(run_dir: Path, num_train_images: int) -> dict:
-    """Epochs, best epoch and timing read from the run's `history.csv`."""
-    rows = read_history(run_dir / "history.csv")
+def training_summary(rows: list[dict], num_train_images: int) -> dict:
+    """Epochs, best epoch and timing from the run's history rows."""
     val_losses = [row["val_loss"] for row in rows]
     seconds = [row.get("seconds", 0.0) for row in rows]
     train_seconds = sum(seconds)

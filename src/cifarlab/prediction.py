@@ -1,15 +1,15 @@
 """Classify your own images with a trained run: top classes per image, optionally Grad-CAM.
 
-Images of any kind Pillow opens are brought to the model's input by `images.load` (centre
-crop to a square, Lanczos resize), decoded in parallel threads and classified in batches.
+Images (JPEG, PNG, BMP, GIF, WebP, TIFF) are brought to the model's input by
+`data.images.load` (centre crop to a square, Lanczos resize), decoded in parallel threads and
+classified in batches.
 
     cifarlab predict runs/baseline photos/ cat.jpg --top-k 3 --json
 """
 
 from __future__ import annotations
 
-import json
-import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +17,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifarlab import evaluation, explain, images
-from cifarlab.data import CIFAR10_CLASSES
+from cifarlab import evaluation, grad_cam, run_folder
+from cifarlab.data import images
+from cifarlab.data.standard import CIFAR10_CLASSES
 from cifarlab.errors import UserError
 
 CHUNK_SIZE = 512  # Images decoded and classified together; bounds memory for big folders.
@@ -60,19 +61,21 @@ class Prediction:
 
 
 def load_classifier(source: str | Path) -> Classifier:
-    """The classifier in a run folder (its `best.keras`) or in a `.keras` file."""
+    """The classifier in a run folder (its best checkpoint) or in a `.keras` file."""
     source = Path(source)
     if source.is_dir():
-        run_dir, model_path = source, source / "best.keras"
+        run_dir, model_path = source, source / run_folder.BEST_MODEL
     else:
         run_dir, model_path = source.parent, source
     if not model_path.is_file():
-        raise UserError(f"{source} is neither a run folder with best.keras nor a .keras file.")
+        if not source.exists():
+            raise UserError(f"{source} does not exist; name a run folder or a .keras file.")
+        raise UserError(f"{source} is neither a trained run folder nor a .keras model file.")
     try:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as error:  # Keras raises many kinds for a file that is not a model.
         raise UserError(f"{model_path} is not a Keras model file ({error}).") from error
-    metrics = _read_metrics(run_dir / "metrics.json")
+    metrics = run_folder.read_metrics(run_dir)
     names = class_names(metrics, int(model.output_shape[-1]))
     name = run_dir.name if source.is_dir() else source.stem
     return Classifier(model, names, name, run_dir, metrics)
@@ -88,13 +91,6 @@ def class_names(metrics: dict, num_classes: int) -> tuple[str, ...]:
     return tuple(f"class {index}" for index in range(num_classes))
 
 
-def _read_metrics(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def predict(
     model_or_run: Classifier | str | Path, paths: list[str | Path], top_k: int = 3
 ) -> list[Prediction]:
@@ -103,35 +99,15 @@ def predict(
     return [prediction for prediction, _, _ in _classify(classifier, paths, top_k)]
 
 
-def run(
-    source: str | Path,
-    paths: list[str | Path],
-    top_k: int = 3,
-    as_json: bool = False,
-    explain_dir: Path | None = None,
-) -> int:
-    """Print predictions for `paths` as a table or JSON lines; 0 if every file was an image.
-
-    Files that could not be read are reported on stderr, one line each; the result is then 2.
-    """
-    classifier = load_classifier(source)
-    _check_top_k(top_k, classifier)
-    failures = 0
-    saver = _OverlaySaver(explain_dir, classifier) if explain_dir else None
-    for index, (prediction, pixels, probabilities) in enumerate(
-        _classify(classifier, paths, top_k)
-    ):
-        if prediction.error is not None:
-            failures += 1
-            print(f"cifarlab: skipped: {prediction.error}", file=sys.stderr)
-            continue
-        if as_json:
-            print(json.dumps(prediction.to_dict()))
-        else:
-            print(_table_row(prediction, header=index - failures == 0))
-        if saver:
+def predict_with_overlays(
+    classifier: Classifier, paths: list[str | Path], top_k: int, overlay_dir: Path | None = None
+) -> Iterator[Prediction]:
+    """`predict`, one file at a time, also saving a Grad-CAM overlay per image to `overlay_dir`."""
+    saver = _OverlaySaver(overlay_dir, classifier) if overlay_dir else None
+    for prediction, pixels, probabilities in _classify(classifier, paths, top_k):
+        if saver and prediction.error is None:
             saver.save(prediction.file, pixels, int(probabilities.argmax()))
-    return 2 if failures else 0
+        yield prediction
 
 
 def _as_classifier(model_or_run) -> Classifier:
@@ -143,7 +119,7 @@ def _as_classifier(model_or_run) -> Classifier:
     return load_classifier(model_or_run)
 
 
-def _check_top_k(top_k: int, classifier: Classifier) -> None:
+def check_top_k(top_k: int, classifier: Classifier) -> None:
     if not 1 <= top_k <= len(classifier.class_names):
         raise UserError(
             f"--top-k must lie between 1 and {len(classifier.class_names)}, not {top_k}."
@@ -152,8 +128,8 @@ def _check_top_k(top_k: int, classifier: Classifier) -> None:
 
 def _classify(classifier: Classifier, paths, top_k: int):
     """Yield (Prediction, pixels, probabilities) per file, in order, a chunk at a time."""
-    _check_top_k(top_k, classifier)
-    files = images.find_images(paths)
+    check_top_k(top_k, classifier)
+    files = images.image_files(paths)
     if not files:
         raise UserError("No image files were found in the paths given.")
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
@@ -196,7 +172,8 @@ def top_classes(file: str, probabilities: np.ndarray, classifier: Classifier, to
     )
 
 
-def _table_row(prediction: Prediction, header: bool) -> str:
+def table_row(prediction: Prediction, header: bool) -> str:
+    """One line of `cifarlab predict`'s table (with the heading line above it if `header`)."""
     pairs = zip(prediction.classes, prediction.probabilities, strict=True)
     cells = [f"{name} {probability:6.1%}" for name, probability in pairs]
     row = f"{prediction.file:<40} " + "  ".join(f"{cell:<20}" for cell in cells)
@@ -212,7 +189,7 @@ class _OverlaySaver:
     def __init__(self, folder: Path, classifier: Classifier):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.grad_cam = explain.GradCam(classifier.model)
+        self.grad_cam = grad_cam.GradCam(classifier.model)
         self.used: set[str] = set()
 
     def save(self, file: str, pixels: np.ndarray, class_index: int) -> None:
@@ -222,4 +199,4 @@ class _OverlaySaver:
         while name in self.used:
             name, counter = f"{Path(file).stem}-{counter}.gradcam.png", counter + 1
         self.used.add(name)
-        explain.overlay(pixels, heat_maps[0]).save(self.folder / name)
+        grad_cam.overlay(pixels, heat_maps[0]).save(self.folder / name)

@@ -27,7 +27,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from cifarlab import explain, images, prediction
+from cifarlab import grad_cam, prediction, run_folder
+from cifarlab.data import images
 from cifarlab.errors import UserError
 from cifarlab.serve.limits import BodyLimit
 
@@ -41,7 +42,7 @@ class ServedRun:
     """One run being served: its classifier, Grad-CAM, and a lock so requests take turns."""
 
     classifier: prediction.Classifier
-    grad_cam: explain.GradCam
+    explainer: grad_cam.GradCam
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -66,7 +67,7 @@ class RunInfo(BaseModel):
     experiment: str | None
     class_names: list[str]
     image_size: int
-    accuracy: dict[str, float]  # Per split ("train", "val", "test") where metrics.json has it.
+    accuracy: dict[str, float]  # Per split ("train", "val", "test") where the run has it.
     verdict: str | None
     curves_url: str | None
 
@@ -92,9 +93,9 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, ServedRun]:
         name, counter = classifier.name, 2
         while name in runs:
             name, counter = f"{classifier.name}-{counter}", counter + 1
-        served = ServedRun(classifier, explain.GradCam(classifier.model))
+        served = ServedRun(classifier, grad_cam.GradCam(classifier.model))
         # One call now, so the first user does not wait for graph tracing.
-        served.grad_cam(np.zeros((1, classifier.image_size, classifier.image_size, 3), np.uint8))
+        served.explainer(np.zeros((1, classifier.image_size, classifier.image_size, 3), np.uint8))
         runs[name] = served
     return runs
 
@@ -132,13 +133,15 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
         return [run_info(name, served) for name, served in runs.items()]
 
     @app.get(
-        "/api/runs/{name}/curves.png", response_class=FileResponse, responses={404: _ERRORS[404]}
+        f"/api/runs/{{name}}/{run_folder.CURVES}",
+        response_class=FileResponse,
+        responses={404: _ERRORS[404]},
     )
     def learning_curves(name: str) -> FileResponse:
         """The run's learning-curves figure, where its folder has one."""
-        path = _choose(runs, name)[1].classifier.run_dir / "curves.png"
+        path = _choose(runs, name)[1].classifier.run_dir / run_folder.CURVES
         if not path.is_file():
-            raise HTTPException(404, f"Run '{name}' has no learning curves (curves.png).")
+            raise HTTPException(404, f"Run '{name}' has no learning curves ({run_folder.CURVES}).")
         return FileResponse(path, media_type="image/png")
 
     @app.post("/api/predict", response_model=PredictResponse, responses=_ERRORS)
@@ -154,15 +157,15 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
             raise HTTPException(422, f"top_k must lie between 1 and {len(classes)} for this run.")
         pixels = _decode_upload(image, served.classifier.image_size)
         with served.lock:
-            probabilities, heat_maps = served.grad_cam(pixels[None])
+            probabilities, heat_maps = served.explainer(pixels[None])
         top = prediction.top_classes("upload", probabilities[0], served.classifier, top_k)
-        picture = explain.overlay(pixels, heat_maps[0])
+        picture = grad_cam.overlay(pixels, heat_maps[0])
         pairs = zip(top.classes, top.probabilities, strict=True)
         return PredictResponse(
             run=run,
             predictions=[ClassProbability(class_name=c, probability=p) for c, p in pairs],
             explained_class=classes[int(probabilities[0].argmax())],
-            heatmap_png=base64.b64encode(explain.png_bytes(picture)).decode("ascii"),
+            heatmap_png=base64.b64encode(grad_cam.png_bytes(picture)).decode("ascii"),
         )
 
     @app.get("/", include_in_schema=False)
@@ -182,7 +185,7 @@ def run_info(name: str, served: ServedRun) -> RunInfo:
     }
     diagnosis = metrics.get("diagnosis")
     verdict = diagnosis.get("verdict") if isinstance(diagnosis, dict) else None
-    has_curves = (served.classifier.run_dir / "curves.png").is_file()
+    has_curves = (served.classifier.run_dir / run_folder.CURVES).is_file()
     return RunInfo(
         name=name,
         experiment=metrics.get("experiment"),
@@ -190,7 +193,7 @@ def run_info(name: str, served: ServedRun) -> RunInfo:
         image_size=served.classifier.image_size,
         accuracy=accuracy,
         verdict=str(verdict) if verdict is not None else None,
-        curves_url=f"/api/runs/{name}/curves.png" if has_curves else None,
+        curves_url=f"/api/runs/{name}/{run_folder.CURVES}" if has_curves else None,
     )
 
 
@@ -226,7 +229,7 @@ async def _validation_error(request, error: RequestValidationError) -> JSONRespo
     return JSONResponse({"detail": "Invalid request: " + "; ".join(problems) + "."}, 422)
 
 
-def run(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000) -> None:
     """Load the runs and serve them until interrupted."""
     import uvicorn
 

@@ -1,4 +1,4 @@
-"""Input batches: uint8 images become float32 in [0, 1] with one-hot labels, one batch at a time.
+"""The notebook's steps B and C, per batch: uint8 images become float32 in [0, 1], labels one-hot.
 
 Augmentation is part of the training input only, so a saved model needs no special case at
 inference. On the TensorFlow backend the batches come from a parallel, prefetching `tf.data`

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from cifarlab import archives, cache
+from cifarlab.data import cache, images, safe_files
 from cifarlab.errors import UserError
 
 _KERAS_BUCKET = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
@@ -119,7 +119,7 @@ def read(name: str, path: Path | None, image_size: int, quiet: bool = False) -> 
             "or pass a folder of class folders with --data."
         )
     standard = STANDARDS[name]
-    source = locate(standard, path, quiet)
+    source = find_source(standard, path, quiet)
     key = cache.fingerprint(cache.file_entries(source))
     stored = cache.arrays(f"{name}-{key}", lambda: _decode(standard, source))
     native = stored["x_train"].shape[1:3]
@@ -133,14 +133,14 @@ def read(name: str, path: Path | None, image_size: int, quiet: bool = False) -> 
     )  # fmt: skip
 
 
-def locate(standard: Standard, path: Path | None, quiet: bool = False) -> Path:
+def find_source(standard: Standard, path: Path | None, quiet: bool = False) -> Path:
     """The file or folder to read `standard` from, downloading it only as the last resort."""
     if path is not None:
         return _resolve(standard, Path(path).expanduser())
     folder = cache.directory() / standard.cache_folder
     for download in standard.downloads:
         if not (folder / download.file).is_file():
-            archives.download(download.url, folder / download.file, download.sha256, quiet)
+            safe_files.download(download.url, folder / download.file, download.sha256, quiet)
     return folder if len(standard.downloads) > 1 else folder / standard.downloads[0].file
 
 
@@ -155,7 +155,12 @@ def _resolve(standard: Standard, path: Path) -> Path:
     wanted = ", ".join(download.file for download in standard.downloads)
     if standard.folder:
         wanted += f" or a {standard.folder} folder"
-    raise UserError(f"{path} holds no {standard.name} data ({wanted}); point --data at it.")
+    if not any(path.iterdir()):
+        raise UserError(f"{path} is empty; point --data at a dataset or a folder of class folders.")
+    raise UserError(
+        f"{path} holds neither {standard.name} data ({wanted}) nor class folders of images "
+        f"({images.SUPPORTED}); point --data at one."
+    )
 
 
 def _decode(standard: Standard, source: Path) -> dict[str, np.ndarray]:
@@ -173,7 +178,7 @@ def _payloads(standard: Standard, source: Path) -> dict[str, bytes]:
     if source.is_dir():
         return {m: (source / m).read_bytes() for m in standard.members if (source / m).is_file()}
     if standard.folder:
-        return archives.read_tar_members(source, set(standard.members))
+        return safe_files.read_tar_members(source, set(standard.members))
     # A single-file dataset given as the file itself, whatever it is called.
     return {standard.members[0]: source.read_bytes()}
 
@@ -193,7 +198,7 @@ def _cifar10(payloads: dict[str, bytes], source: str) -> dict[str, np.ndarray]:
 
 
 def _cifar100(payloads: dict[str, bytes], source: str) -> dict[str, np.ndarray]:
-    meta = archives.safe_unpickle(payloads["meta"], f"{source}:meta")
+    meta = safe_files.safe_unpickle(payloads["meta"], f"{source}:meta")
     names = meta.get(b"fine_label_names") if isinstance(meta, dict) else None
     if not isinstance(names, list) or len(names) != 100:
         raise UserError(f"{source}:meta has no 100 fine_label_names; it is not CIFAR-100.")
@@ -208,7 +213,7 @@ def read_cifar_batch(
     payload: bytes, source: str, label_key: bytes, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images (N×32×32×3 uint8) and labels from one pickled CIFAR batch, checked."""
-    batch = archives.safe_unpickle(payload, source)
+    batch = safe_files.safe_unpickle(payload, source)
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise UserError(f"{source} is not a CIFAR batch (no data and labels); replace it.")
     data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key])

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from cifarlab import models, pipeline
+from cifarlab import input_pipeline, models
 from cifarlab.errors import RunError
 
 OVERLAY_SIZE = 256  # Side of the overlay picture, in pixels: readable without zooming.
@@ -40,7 +40,9 @@ class GradCam:
         """
         # predict_on_batch runs the compiled graph: much faster than eager calls per request.
         # Mixed-precision models compute in 16 bits; the gradient is taken in float32.
-        features = np.asarray(self.features.predict_on_batch(pipeline.scale(images)), np.float32)
+        features = np.asarray(
+            self.features.predict_on_batch(input_pipeline.scale(images)), np.float32
+        )
         probabilities = np.asarray(self.head.predict_on_batch(features), np.float32)
         if class_indices is None:
             class_indices = probabilities.argmax(axis=1)

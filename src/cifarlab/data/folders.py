@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -29,11 +29,9 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from cifarlab import cache
-from cifarlab import images as images_module
+from cifarlab.data import cache, images
 from cifarlab.errors import UserError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "val", "test")
 DECODER_VERSION = 2  # Part of the cache key: change it when images.decode changes its output.
 _CHUNK = 500  # Images per task handed to a worker process.
@@ -68,7 +66,7 @@ def is_class_folder(path: Path) -> bool:
 
 def read(root: Path, image_size: int, quiet: bool = False) -> Decoded:
     """All images under `root`, decoded to `image_size` squares, from the cache when unchanged."""
-    files = find_images(root)
+    files = class_images(root)
     entries = [(file.relative, file.size, file.modified) for file in files]
     key = cache.fingerprint(entries, str(root.resolve()), image_size, DECODER_VERSION)
     arrays = cache.arrays(f"folder-{key}", lambda: _decode_dataset(root, files, image_size, quiet))
@@ -81,7 +79,7 @@ def read(root: Path, image_size: int, quiet: bool = False) -> Decoded:
         skipped=tuple(str(name) for name in arrays["skipped"]),
     )
     if decoded.skipped:
-        print(f"cifarlab: warning: {skipped_summary(decoded.skipped)}", file=sys.stderr)
+        warnings.warn(skipped_summary(decoded.skipped).capitalize(), stacklevel=2)
     return decoded
 
 
@@ -93,7 +91,7 @@ class ImageFile(NamedTuple):
     modified: int  # Modification time in nanoseconds.
 
 
-def find_images(root: Path) -> list[ImageFile]:
+def class_images(root: Path) -> list[ImageFile]:
     """Every image file in a fixed order, after checking the layout has at least 2 classes."""
     if (root / "train").is_dir():
         prefixes = {split: split for split in SPLITS if (root / split).is_dir()}
@@ -148,14 +146,14 @@ def size_summary(original_sizes: np.ndarray) -> dict:
 
 def _decode_dataset(root: Path, files: list[ImageFile], image_size: int, quiet: bool) -> dict:
     class_names = sorted({file.class_name for file in files})
-    images, original_sizes, failed = decode_all(
+    pixels, original_sizes, failed = decode_all(
         [root / file.relative for file in files], image_size, quiet
     )
     readable = np.setdiff1d(np.arange(len(files)), failed)
     labels = np.array([class_names.index(file.class_name) for file in files], dtype=np.int64)
     splits = np.array([SPLITS.index(file.split) for file in files], dtype=np.int64)
     return {
-        "images": images[readable],
+        "images": pixels[readable],
         "labels": labels[readable],
         "splits": splits[readable],
         "original_sizes": original_sizes[readable],
@@ -168,7 +166,7 @@ def decode_all(
     paths: list[Path], size: int, quiet: bool = False
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Decode `paths` in parallel: images (zeros where unreadable), sizes, unreadable indices."""
-    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    pixels = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     original_sizes = np.zeros((len(paths), 2), dtype=np.int64)
     failed: list[int] = []
     starts = range(0, len(paths), _CHUNK)
@@ -181,26 +179,26 @@ def decode_all(
             starts, executor.map(_decode_chunk, chunks, repeat(size)), strict=True
         ):
             chunk_images, chunk_sizes, chunk_failed = result
-            images[start : start + len(chunk_images)] = chunk_images
+            pixels[start : start + len(chunk_images)] = chunk_images
             original_sizes[start : start + len(chunk_sizes)] = chunk_sizes
             failed.extend(start + index for index in chunk_failed)
             bar.update(len(chunk_images))
-    return images, original_sizes, failed
+    return pixels, original_sizes, failed
 
 
 def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    pixels = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     sizes = np.zeros((len(paths), 2), dtype=np.int64)
     failed = []
     for index, path in enumerate(paths):
         try:
             # The same rules as `cifarlab predict`, so training and inference images agree.
-            images[index], sizes[index] = images_module.decode(path, size)
+            pixels[index], sizes[index] = images.decode(path, size)
         # Any failure to decode a user's file (truncated, not an image, a decompression bomb)
         # means the same thing: skip that file and report it.
         except Exception:  # noqa: BLE001
             failed.append(index)
-    return images, sizes, failed
+    return pixels, sizes, failed
 
 
 def _executor(num_images: int) -> Executor:
@@ -217,18 +215,32 @@ def _subfolders(folder: Path) -> list[Path]:
     ]
 
 
-def _scan(root: Path, relative: str) -> Iterator[tuple[str, int, int]]:
+def _scan(root: Path, relative: str, visited: frozenset = frozenset()) -> Iterator[tuple]:
     """(relative path, bytes, modification ns) of the image files below `root/relative`, sorted.
 
     Strings and `os.scandir` rather than `Path` objects: a 60,000-image folder is listed in
-    well under a second this way.
+    well under a second this way. A folder reached twice through links (a loop) and entries
+    that cannot be read are skipped with a warning.
     """
-    with os.scandir(os.path.join(root, relative)) as entries:
-        for entry in sorted(entries, key=lambda entry: entry.name):
-            if entry.name.startswith("."):
-                continue
+    folder = os.path.join(root, relative)
+    try:
+        identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
+        if identity in visited:
+            warnings.warn(f"Skipped {folder}: a link back to a folder above it.", stacklevel=2)
+            return
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as error:
+        warnings.warn(f"Skipped {folder}: {error.strerror or error}.", stacklevel=2)
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
             if entry.is_dir():
-                yield from _scan(root, f"{relative}/{entry.name}")
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                yield from _scan(root, f"{relative}/{entry.name}", visited | {identity})
+            elif os.path.splitext(entry.name)[1].lower() in images.IMAGE_SUFFIXES:
                 stat = entry.stat()
                 yield f"{relative}/{entry.name}", stat.st_size, stat.st_mtime_ns
+        except OSError as error:
+            warnings.warn(f"Skipped {entry.path}: {error.strerror or error}.", stacklevel=2)

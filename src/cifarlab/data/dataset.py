@@ -1,11 +1,12 @@
 """The notebook's steps A–C: find the data, read it safely, and split it reproducibly.
 
 `load` is the one entry point. A `--data` folder of class folders is read by
-`cifarlab.folders`; otherwise `dataset` names a standard set read by `cifarlab.datasets`
-(CIFAR-10 by default). Images stay uint8 in memory; scaling to [0, 1] and one-hot labels
-happen per batch in `cifarlab.pipeline`. As in the notebook, a seeded random share of the
-training images becomes the validation set, and the test set is kept apart for the end; a
-class-folder dataset without a `test/` folder has a stratified test share carved out first.
+`cifarlab.data.folders`; otherwise `dataset` names a standard set read by
+`cifarlab.data.standard` (CIFAR-10 by default). Images stay uint8 in memory; scaling to [0, 1]
+and one-hot labels happen per batch in `cifarlab.input_pipeline`. As in the notebook, a seeded
+random share of the training images becomes the validation set, and the test set is kept
+apart for the end; a class-folder dataset without a `test/` folder has a stratified test share
+carved out first.
 
     cifarlab data info --data cifar-10-python.tar.gz
 """
@@ -19,12 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarlab import archives, cache, datasets, folders
+from cifarlab.data import cache, folders, images, safe_files, standard
 from cifarlab.errors import UserError
-
-_CIFAR10 = datasets.STANDARDS["cifar10"]
-CIFAR10_SHA256 = _CIFAR10.downloads[0].sha256
-CIFAR10_CLASSES = datasets.CIFAR10_CLASSES
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,7 @@ class Dataset:
             "val_fraction": self.notes["val_fraction"],
             "image_size": int(self.x_train.shape[1]),
         }
-        if self.name in datasets.STANDARDS:  # A class-folder dataset is found by its path.
+        if self.name in standard.STANDARDS:  # A class-folder dataset is found by its path.
             settings["dataset"] = self.name
         return settings
 
@@ -95,7 +92,7 @@ def load(
     class-folder datasets without a `test/` folder.
     """
     path = given_path(path)
-    if path is not None and archives.holds_images(path, folders.IMAGE_SUFFIXES):
+    if path is not None and safe_files.holds_images(path, images.IMAGE_SUFFIXES):
         return _load_folder_archive(
             path, val_fraction, seed, image_size, test_fraction, quiet=quiet
         )
@@ -105,7 +102,7 @@ def load(
                 f"{path} is a folder of class folders, not {dataset}; leave out --dataset."
             )
         return load_folders(path, val_fraction, seed, image_size, test_fraction, quiet)
-    arrays = datasets.read(dataset, path, image_size, quiet)
+    arrays = standard.read(dataset, path, image_size, quiet)
     return split(
         arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test, arrays.class_names,
         arrays.source, val_fraction, seed, dataset, arrays.notes,
@@ -156,8 +153,7 @@ def split(
 
 def _load_folder_archive(archive: Path, *settings, quiet: bool = False) -> Dataset:
     """A class-folder dataset packed as a tar archive, extracted once into the cache."""
-    key = cache.fingerprint(cache.file_entries(archive))
-    root = archives.extract(archive, cache.directory() / "extracted" / f"{archive.name}-{key}")
+    root = cache.extracted(archive)
     children = [child for child in root.iterdir() if child.is_dir()]
     if len(children) == 1:
         root = children[0]  # One class is no dataset: the archive wraps its folders in one.
@@ -228,12 +224,12 @@ def locate(path: str | Path | None = None, dataset: str = "cifar10", quiet: bool
     the standard dataset's archive or folder, downloading it only as the last resort."""
     path = given_path(path)
     if path is not None and (
-        archives.holds_images(path, folders.IMAGE_SUFFIXES) or folders.is_class_folder(path)
+        safe_files.holds_images(path, images.IMAGE_SUFFIXES) or folders.is_class_folder(path)
     ):
         return path
-    if dataset not in datasets.STANDARDS:
-        raise UserError(f"Unknown dataset '{dataset}'; choose {', '.join(datasets.STANDARDS)}.")
-    return datasets.locate(datasets.STANDARDS[dataset], path, quiet)
+    if dataset not in standard.STANDARDS:
+        raise UserError(f"Unknown dataset '{dataset}'; choose {', '.join(standard.STANDARDS)}.")
+    return standard.find_source(standard.STANDARDS[dataset], path, quiet)
 
 
 def given_path(path: str | Path | None) -> Path | None:
@@ -243,7 +239,7 @@ def given_path(path: str | Path | None) -> Path | None:
     return Path(path).expanduser() if path is not None else None
 
 
-def describe(dataset: Dataset) -> str:
+def counts_table(dataset: Dataset) -> str:
     """A table of images per class and split, for `cifarlab data info`."""
     counts = dataset.counts()
     width = max(len(name) for name in dataset.class_names)
@@ -257,10 +253,10 @@ def describe(dataset: Dataset) -> str:
         lines.append(f"{name:<{width}}  {row[0]:>7} {row[1]:>7} {row[2]:>7}")
     totals = [sum(counts[split]) for split in ("train", "val", "test")]
     lines.append(f"{'total':<{width}}  {totals[0]:>7} {totals[1]:>7} {totals[2]:>7}")
-    return "\n".join(lines + _describe_notes(dataset.notes))
+    return "\n".join(lines + _notes_lines(dataset.notes))
 
 
-def _describe_notes(notes: dict) -> list[str]:
+def _notes_lines(notes: dict) -> list[str]:
     lines = [f"{key.replace('_', ' ')}: {notes[key]}" for key in ("test_split", "val_split")
              if key in notes]  # fmt: skip
     sizes = notes.get("original_sizes")

@@ -5,7 +5,10 @@ transparency flattened onto white, 16-bit and grayscale pixels scaled to 8-bit R
 largest centred square is cropped and resized with a Lanczos filter. Cropping (rather than
 padding) keeps the subject at the scale CIFAR-10's own tightly framed photos show it; the
 Lanczos filter averages many source pixels per output pixel, so large photos do not alias.
-The pixels are then scaled exactly as in training (`pipeline.scale`, by the model's caller).
+The pixels are then scaled exactly as in training (`input_pipeline.scale`, by the model's caller).
+
+Only the raster formats below are opened, whatever a file's name says: Pillow would otherwise
+hand PostScript or PDF files to Ghostscript where it is installed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cifarlab.errors import UserError
 
 MAX_PIXELS = 40_000_000  # Larger images (width × height) are refused as decompression bombs.
+# The formats read, by Pillow's names, and the file endings that mark an image file in a folder.
+FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SUPPORTED = "JPEG, PNG, BMP, GIF, WebP or TIFF"
 _WHITE = (255, 255, 255, 255)
 
 
@@ -26,18 +33,12 @@ class ImageTooLargeError(UserError):
     """The image has more pixels than `MAX_PIXELS`: refused before its pixels are decoded."""
 
 
-def image_extensions() -> frozenset[str]:
-    """File name endings (".jpg", ".png", ...) Pillow can open, for walking folders."""
-    return frozenset(extension.lower() for extension in Image.registered_extensions())
-
-
-def find_images(paths: list[str | Path]) -> list[Path]:
+def image_files(paths: list[str | Path]) -> list[Path]:
     """The files named in `paths`, with folders walked (sorted) for files with image endings.
 
     Files named directly are kept whatever their ending, so a non-image given by name is
     reported rather than silently skipped.
     """
-    extensions = image_extensions()
     found = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -45,7 +46,7 @@ def find_images(paths: list[str | Path]) -> list[Path]:
                 child
                 for child in path.rglob("*")
                 if child.is_file()
-                and child.suffix.lower() in extensions
+                and child.suffix.lower() in IMAGE_SUFFIXES
                 and not child.name.startswith(".")
             )
         else:
@@ -63,10 +64,10 @@ def load(source: str | Path | bytes, image_size: int = 32) -> np.ndarray:
 
 def decode(source: str | Path | bytes, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """As `load`, also returning the image's stored (width, height); used for datasets too."""
-    name = "the upload" if isinstance(source, bytes) else str(source)
+    name = "The upload" if isinstance(source, bytes) else str(source)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with Image.open(stream) as image:
+        with Image.open(stream, formats=FORMATS) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageTooLargeError(
@@ -87,7 +88,7 @@ def decode(source: str | Path | bytes, image_size: int) -> tuple[np.ndarray, tup
     except IsADirectoryError as error:
         raise UserError(f"{name} is a folder, not an image.") from error
     except UnidentifiedImageError as error:
-        raise UserError(f"{name} is not an image Pillow can read.") from error
+        raise UserError(f"{name} is not a supported image ({SUPPORTED}).") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         if isinstance(error, UserError):
             raise

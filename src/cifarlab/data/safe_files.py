@@ -149,15 +149,15 @@ def holds_images(archive: Path, suffixes: frozenset[str], sample: int = 50) -> b
 
 
 def extract(archive: Path, destination: Path) -> Path:
-    """Extract `archive` into `destination` (once), only regular files and folders inside it.
+    """Extract `archive` into `destination`, only regular files and folders inside it.
 
     The files appear under `destination` only when all are written, so an interrupted
-    extraction is redone rather than half used.
+    extraction is redone rather than half used (`cache.extracted` does it once, under a lock).
     """
-    if destination.is_dir():
-        return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=destination.parent, suffix=".part"))
+    partial = Path(
+        tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+    )
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = [m for m in _checked_members(tar, archive) if m.isfile() or m.isdir()]

@@ -4,29 +4,25 @@
         --repeats 3 --data cifar-10-python.tar.gz --out runs
 
 Each grid point × seed is an ordinary run folder, `OUT/<experiment>/<key=value,...>/seed=N`.
-Next to the grid points the sweep writes `sweep.csv` (one row per point: mean, sample std and
-95% interval of validation and test accuracy and loss across seeds), `sweep.png` (validation
-accuracy against each swept value) and `sweep.txt`, which names the best setting: the highest
+Next to the grid points the sweep writes a table (one row per point: mean, sample std and
+95% interval of validation and test accuracy and loss across seeds), a plot (validation
+accuracy against each swept value) and a text summary, which names the best setting: the highest
 mean validation accuracy, since choosing by test accuracy would leak the test set into the
 choice.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from cifarlab import config as configs
-from cifarlab import distributed, stats
+from cifarlab import run_folder
 from cifarlab.config import Config
 from cifarlab.errors import RunError, UserError
-
-METRICS = ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
-STATISTICS = ("mean", "std", "ci_low", "ci_high")
+from cifarlab.scale import ray_jobs, statistics
+from cifarlab.scale.statistics import METRICS, STATISTICS
 
 
 @dataclass(frozen=True)
@@ -44,51 +40,53 @@ class Point:
 
 @dataclass(frozen=True)
 class Result:
-    rows: list[dict]  # One per grid point, as written to sweep.csv.
+    rows: list[dict]  # One per grid point, as written to the sweep table.
     best: dict | None  # The row with the highest mean validation accuracy.
-    outcome: distributed.Outcome
+    outcome: ray_jobs.Outcome
     folder: Path
+    text: str  # Each point, then the best setting; also written beside the table.
 
 
-def run(
+def sweep_grid(
     base: Config,
     grid_specs: list[str],
     repeats: int,
     data_path: str | Path | None,
     out: str | Path,
-    options: distributed.RayOptions | None = None,
+    options: ray_jobs.RayOptions | None = None,
     progress: bool = True,
 ) -> Result:
     """Train every grid point `repeats` times (seeds base.seed, base.seed + 1, ...); summarise.
 
     Finished runs are not trained again. If some runs fail, the others are still summarised and
-    a `RunError` then says which failed.
+    a `RunError` then says which failed. A grid point's folder that holds a run of another
+    config (other epochs, say) is refused before anything trains.
     """
     grid = parse_grid(base, grid_specs)
     points = expand(base, grid, repeats)
     folder = Path(out) / base.name
     jobs = [
-        distributed.Job(config, run_folder(folder, point, config.seed))
+        ray_jobs.Job(config, point_folder(folder, point, config.seed))
         for point in points
         for config in point.configs
     ]
-    outcome = distributed.run_all(jobs, data_path, options or distributed.RayOptions(), progress)
+    outcome = ray_jobs.train_on_ray(jobs, data_path, options or ray_jobs.RayOptions(), progress)
     rows = aggregate(points, folder)
     best = max((row for row in rows if row["n"]), key=lambda row: row["val_accuracy_mean"],
                default=None)  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)  # Even if every run failed.
-    write_csv(folder / "sweep.csv", list(grid), rows)
-    plot(folder / "sweep.png", grid, rows, best)
-    report = describe(points, folder)
-    (folder / "sweep.txt").write_text(report + "\n")
-    if progress:
-        print(report)
+    columns = [*grid, "n", *(f"{metric}_{name}" for metric in METRICS for name in STATISTICS)]
+    run_folder.write_csv(folder / run_folder.SWEEP_CSV, rows, columns)
+    plot(folder / run_folder.SWEEP_PNG, grid, rows, best)
+    text = summarise_points(points, folder)
+    run_folder.write_text(folder / run_folder.SWEEP_TXT, text + "\n")
     if outcome.failed:
         raise RunError(
             f"{len(outcome.failed)} of {len(jobs)} runs failed ({_first(outcome.failed)}); the "
-            "others are summarised in sweep.csv. Rerun the same command to retry the failed ones."
+            f"others are summarised in {run_folder.SWEEP_CSV}. Rerun the same command to retry "
+            "the failed ones."
         )
-    return Result(rows, best, outcome, folder)
+    return Result(rows, best, outcome, folder, text)
 
 
 def parse_grid(base: Config, specs: list[str]) -> dict[str, list]:
@@ -126,17 +124,17 @@ def expand(base: Config, grid: dict[str, list], repeats: int) -> list[Point]:
     return points
 
 
-def run_folder(folder: Path, point: Point, seed: int) -> Path:
-    return folder / point.label / f"seed={seed}"
+def point_folder(folder: Path, point: Point, seed: int) -> Path:
+    return run_folder.seed_folder(folder / point.label, seed)
 
 
 def collect(point: Point, folder: Path) -> dict[str, list[float]]:
-    """Each metric's values over the point's finished seeds, read from their `metrics.json`."""
+    """Each metric's values over the point's seeds that finished with exactly its config."""
     values = {metric: [] for metric in METRICS}
     for config in point.configs:
-        path = run_folder(folder, point, config.seed) / "metrics.json"
-        if path.is_file():
-            metrics = json.loads(path.read_text())
+        run_dir = point_folder(folder, point, config.seed)
+        if run_folder.finished_with(run_dir, config):
+            metrics = run_folder.read_metrics(run_dir)
             for metric in METRICS:
                 split, name = metric.split("_")
                 values[metric].append(metrics[split][name])
@@ -145,33 +143,13 @@ def collect(point: Point, folder: Path) -> dict[str, list[float]]:
 
 def aggregate(points: list[Point], folder: Path) -> list[dict]:
     """Per point: the swept values, the number of finished seeds, and each metric's statistics."""
-    rows = []
-    for point in points:
-        values = collect(point, folder)
-        row = {**dict(point.settings), "n": len(values[METRICS[0]])}
-        for metric, numbers in values.items():
-            summary = stats.summarize(numbers) if numbers else None
-            for statistic, value in zip(STATISTICS, _fields(summary), strict=True):
-                row[f"{metric}_{statistic}"] = value
-        rows.append(row)
-    return rows
+    return [
+        {**dict(point.settings), **statistics.summary_row(collect(point, folder))}
+        for point in points
+    ]
 
 
-def _fields(summary: stats.Summary | None) -> tuple[float, ...]:
-    if summary is None:
-        return (math.nan,) * len(STATISTICS)
-    return summary.mean, summary.std, summary.low, summary.high
-
-
-def write_csv(path: Path, keys: list[str], rows: list[dict]) -> None:
-    columns = [*keys, "n", *(f"{metric}_{name}" for metric in METRICS for name in STATISTICS)]
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def describe(points: list[Point], folder: Path) -> str:
+def summarise_points(points: list[Point], folder: Path) -> str:
     """Each point's validation and test accuracy across seeds, then the best setting."""
     lines = []
     accuracies = {}
@@ -182,20 +160,21 @@ def describe(points: list[Point], folder: Path) -> str:
             continue
         accuracies[point.label] = values["val_accuracy"]
         validation, test = (
-            stats.summarize(values[f"{split}_accuracy"]) for split in ("val", "test")
+            statistics.summarize(values[f"{split}_accuracy"]) for split in ("val", "test")
         )
         lines.append(
-            f"{point.label}: val accuracy {stats.format_summary(validation)}, "
-            f"test accuracy {stats.format_summary(test)}"
+            f"{point.label}: val accuracy {statistics.format_summary(validation)}, "
+            f"test accuracy {statistics.format_summary(test)}"
         )
     if not accuracies:
         return "\n".join([*lines, "No grid point finished; there is no best setting."])
-    ranked = sorted(accuracies, key=lambda label: -stats.summarize(accuracies[label]).mean)
+    ranked = sorted(accuracies, key=lambda label: -statistics.summarize(accuracies[label]).mean)
     lines.append(f"Best setting (highest mean validation accuracy): {ranked[0]}")
     if len(ranked) > 1:
         first, second = ranked[:2]
-        lines.append(stats.compare(first, accuracies[first], second, accuracies[second],
-                                   "validation accuracy"))  # fmt: skip
+        lines.append(statistics.compare_sentence(
+            first, accuracies[first], second, accuracies[second], "validation accuracy"
+        ))  # fmt: skip
     return "\n".join(lines)
 
 

@@ -2,28 +2,28 @@
 
     cifarlab sweep baseline --grid learning_rate=1e-3,3e-3 --repeats 3 --workers 2
 
-Why Ray core rather than Ray Tune: a run is already a complete, resumable unit (`training.run`
-writes an ordinary run folder and continues an interrupted one from it) and the search space is
-a fixed grid that `cifarlab.sweep` expands itself. Remote tasks give exactly what is missing —
-resource-aware scheduling across nodes, bounded retries when a task raises or its worker process
+Why Ray core rather than Ray Tune: a run is already a complete, resumable unit
+(`training.train_and_evaluate` writes an ordinary run folder and continues an interrupted one)
+and the search space is a fixed grid that `scale.sweep` expands itself. Remote tasks give
+exactly what is missing — resource-aware scheduling across nodes, retries when a worker process
 dies, and cancellation — while Tune would add its own trial folders, checkpoint syncing and
-reporting API on top of the run folders we already have, and force `training.run` into a Trainable.
+reporting API on top of the run folders we already have.
 
 Without an address a local Ray is started (and stopped again) on this machine; with one, the
 same jobs go to that cluster. If Ray is already initialised in this process it is reused.
 Each task loads the data itself and writes its run folder where it runs, so on a cluster every
 node must see the data and the output folder at the same path (shared storage such as NFS),
-and every node needs cifarlab installed. A folder holding `metrics.json` is a finished run and
-is never submitted again; an interrupted one resumes from its last finished epoch.
+and every node needs cifarlab installed. Finished runs of the same config are never submitted
+again (`run_folder.finished_with`); an interrupted one resumes from its last finished epoch.
 
-Testing aid: if the submitting process has `CIFARLAB_FAULT_ONCE=<marker path>` set, the first
-task to start creates that marker file and kills its own worker process with `os._exit(1)`,
-as a crashed machine would; later tasks see the marker and run normally. Tests use it to check
-that a dead worker's run is retried.
+Only what is transient is retried: a task whose worker process died (a lost node, an
+out-of-memory kill) is rerun by Ray up to `max_retries` times. A run that fails by itself (bad
+input, a NaN loss, a bug) would fail the same way again, so it is reported, not retried.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -34,18 +34,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cifarlab import data
+from cifarlab import run_folder
 from cifarlab.config import Config
+from cifarlab.data import dataset
 from cifarlab.errors import RunError, UserError
 
-try:
-    import ray
-except ModuleNotFoundError:  # Ray is an optional extra; only running jobs needs it.
-    ray = None
-
-FAULT_ONCE = "CIFARLAB_FAULT_ONCE"
+log = logging.getLogger(__name__)
 # Environment forwarded from the submitting process to every task, when set there.
-_FORWARDED = ("KERAS_BACKEND", FAULT_ONCE)
+_FORWARDED = ("KERAS_BACKEND",)
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ class RayOptions:
     workers: int | None = None  # Runs at once; None fills whatever the cluster has free.
     cpus_per_run: float = 1
     gpus_per_run: float = 0
-    max_retries: int = 2  # Extra attempts for a task that raised or whose worker died.
+    max_retries: int = 2  # Extra attempts for a task whose worker process died.
 
 
 @dataclass
@@ -80,11 +76,7 @@ class Outcome:
         return len(self.finished) + len(self.failed)
 
 
-def is_finished(out_dir: Path) -> bool:
-    return (Path(out_dir) / "metrics.json").is_file()
-
-
-def run_all(
+def train_on_ray(
     jobs: Sequence[Job],
     data_path: str | Path | None,
     options: RayOptions | None = None,
@@ -92,27 +84,33 @@ def run_all(
 ) -> Outcome:
     """Train every unfinished job as a Ray task; report each finished run and return the tally.
 
-    Ctrl-C cancels the outstanding tasks and re-raises `KeyboardInterrupt`; finished run
-    folders are kept, and rerunning resumes the rest.
+    Every folder is checked first (a folder holding another config is refused before anything
+    trains). Ctrl-C cancels the outstanding tasks and re-raises `KeyboardInterrupt`; finished
+    run folders are kept, and rerunning resumes the rest.
     """
     options = options or RayOptions()
-    outcome = Outcome(skipped=[job.out_dir for job in jobs if is_finished(job.out_dir)])
-    pending = [job for job in jobs if not is_finished(job.out_dir)]
-    if progress and outcome.skipped:
-        print(f"{len(outcome.skipped)} of {len(jobs)} runs already finished; not redoing them.")
+    finished = {job.out_dir for job in jobs if run_folder.finished_with(job.out_dir, job.config)}
+    outcome = Outcome(skipped=[job.out_dir for job in jobs if job.out_dir in finished])
+    pending = [job for job in jobs if job.out_dir not in finished]
+    if outcome.skipped:
+        log.info("%d of %d runs already finished; not redoing them.", len(finished), len(jobs))
     if not pending:
         return outcome
-    if ray is None:
-        raise UserError("Running jobs needs Ray; install it with: pip install 'cifarlab[ray]'.")
+    try:
+        import ray
+    except ModuleNotFoundError as error:
+        raise UserError(
+            "Running jobs needs Ray; install it with: pip install 'cifarlab[ray]'."
+        ) from error
     # Resolved once here, so every task reads the same files (and nothing downloads twice).
-    source = str(data.locate(data_path, pending[0].config.dataset).resolve())
+    source = str(dataset.locate(data_path, pending[0].config.dataset).resolve())
     pending = [Job(job.config, Path(job.out_dir).resolve()) for job in pending]
     with ray_session(options):
         task = ray.remote(
             num_cpus=options.cpus_per_run,
             num_gpus=options.gpus_per_run,
             max_retries=options.max_retries,
-            retry_exceptions=True,
+            retry_exceptions=False,
             runtime_env={"env_vars": worker_environment(options)},
         )(train_one)
         _drive(task, pending, source, options.workers, outcome, progress)
@@ -122,6 +120,8 @@ def run_all(
 @contextmanager
 def ray_session(options: RayOptions) -> Iterator[None]:
     """Reuse an initialised Ray, else connect to `options.address` or start a local one."""
+    import ray
+
     if ray.is_initialized():
         yield
         return
@@ -165,8 +165,8 @@ def worker_environment(options: RayOptions) -> dict[str, str]:
 def train_one(config: Config, out_dir: str, source: str) -> dict:
     """The body of one task: load the data, train and evaluate into `out_dir`.
 
-    Bad input and training failures (`UserError`, `RunError`) are returned, not raised, because
-    retrying them would fail the same way; anything else raises and Ray retries it.
+    Bad input and training failures (`UserError`, `RunError`) are returned as the reason; a
+    worker that dies is retried by Ray.
     """
     import keras  # Imported here so that only the workers pay for TensorFlow.
 
@@ -174,9 +174,8 @@ def train_one(config: Config, out_dir: str, source: str) -> dict:
 
     started = time.perf_counter()
     try:
-        dataset = data.load_for(config, source, quiet=True)
-        _crash_once_if_asked()
-        metrics = training.run(config, out_dir, dataset, quiet=True)
+        data = dataset.load_for(config, source, quiet=True)
+        metrics = training.train_and_evaluate(config, out_dir, data, quiet=True)
     except (UserError, RunError) as error:
         return {"error": str(error)}
     finally:
@@ -186,22 +185,12 @@ def train_one(config: Config, out_dir: str, source: str) -> dict:
     return {"scores": scores, "seconds": time.perf_counter() - started}
 
 
-def _crash_once_if_asked() -> None:
-    marker = os.environ.get(FAULT_ONCE)
-    if not marker:
-        return
-    try:
-        # Creating the marker exclusively means exactly one task crashes, however many start.
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    os._exit(1)
-
-
 def _drive(task, jobs: list[Job], source: str, workers, outcome: Outcome, progress: bool) -> None:
     """Keep at most `workers` tasks in flight, recording each as it finishes."""
+    import ray
+
     waiting = list(jobs)
-    running: dict[ray.ObjectRef, Job] = {}
+    running: dict = {}
     limit = workers or len(jobs)
     with tqdm(total=len(jobs), unit="run", disable=not progress) as bar:
         try:
@@ -220,6 +209,8 @@ def _drive(task, jobs: list[Job], source: str, workers, outcome: Outcome, progre
 
 
 def _record(reference, job: Job, outcome: Outcome, bar: tqdm) -> None:
+    import ray
+
     try:
         result = ray.get(reference)
     except ray.exceptions.RayError as error:
@@ -237,7 +228,7 @@ def _record(reference, job: Job, outcome: Outcome, bar: tqdm) -> None:
     bar.update()
 
 
-def _reason(error: ray.exceptions.RayError) -> str:
+def _reason(error: Exception) -> str:
     """One line saying why a task failed after its retries."""
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
