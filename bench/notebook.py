@@ -13,9 +13,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from cifarlab import augmentation, models, pipeline, training
+from cifarlab import augmentation, input_pipeline, models, training
 from cifarlab.config import Config
-from cifarlab.data import Dataset
+from cifarlab.data.dataset import Dataset
 
 
 def fit(config: Config, dataset: Dataset) -> dict:
@@ -23,7 +23,7 @@ def fit(config: Config, dataset: Dataset) -> dict:
     keras.utils.set_random_seed(config.seed)
     model = models.build_model(config, dataset.num_classes)
     models.compile_model(model, config)
-    x_train, x_val = pipeline.scale(dataset.x_train), pipeline.scale(dataset.x_val)
+    x_train, x_val = input_pipeline.scale(dataset.x_train), input_pipeline.scale(dataset.x_val)
     y_train = keras.utils.to_categorical(dataset.y_train, dataset.num_classes)
     y_val = keras.utils.to_categorical(dataset.y_val, dataset.num_classes)
     options = dict(epochs=config.epochs, validation_data=(x_val, y_val),

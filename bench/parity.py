@@ -1,7 +1,7 @@
 """Accuracy parity: does cifarlab's fast training path learn as well as the notebook's way?
 
 For each experiment it trains, with the same seed, data and epochs, the notebook's way
-(float32 `model.fit` on NumPy arrays, bench/notebook.py) and cifarlab's `training.run` at each
+(float32 `model.fit` on NumPy arrays, bench/notebook.py) and cifarlab's `train_and_evaluate` at each
 requested precision, then prints each run's validation accuracy at its best epoch (lowest
 validation loss, the checkpoint both ways keep) and the difference to the notebook's.
 Shuffling and augmentation draws differ between the two input paths, so the difference also
@@ -25,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import notebook  # noqa: E402
 
 from cifarlab import config as configs  # noqa: E402
-from cifarlab import data, environment, runs, training  # noqa: E402
+from cifarlab import environment, run_folder, training  # noqa: E402
+from cifarlab.data import dataset as data  # noqa: E402
 
 
 def main() -> None:
@@ -61,11 +62,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def cifarlab_history(config: configs.Config, dataset: data.Dataset) -> dict:
-    """`training.run`'s history.csv as columns, from a scratch run folder."""
+    """`training.train_and_evaluate`'s history.csv as columns, from a scratch run folder."""
     with tempfile.TemporaryDirectory(prefix="cifarlab-parity-") as folder:
         with contextlib.redirect_stdout(io.StringIO()):
-            training.run(config, folder, dataset, quiet=True)
-        rows = runs.read_history(os.path.join(folder, "history.csv"))
+            training.train_and_evaluate(config, folder, dataset, quiet=True)
+        rows = run_folder.read_history(folder)
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 

@@ -7,7 +7,7 @@ two ways on the same data, one after the other:
   validation_data=(float32_array, one_hot))` as the notebook's steps B–F do; for `augmented`,
   fitted on a Python-side augmenting PyDataset instead of `ImageDataGenerator.flow`
   (bench/notebook.py says why).
-* cifarlab: `cifarlab.training.run` itself, into a scratch run folder, with its default
+* cifarlab: `training.train_and_evaluate` itself, into a scratch run folder, with its default
   precision; the epoch times are those it writes to `history.csv`.
 
 The last of `--epochs` epochs is timed, so with the default of 2 the first epoch (tracing and
@@ -34,7 +34,9 @@ import notebook  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifarlab import config as configs  # noqa: E402
-from cifarlab import data, environment, runs, training  # noqa: E402
+from cifarlab import environment, run_folder, training  # noqa: E402
+from cifarlab.data import dataset as data  # noqa: E402
+from cifarlab.data.standard import CIFAR10_CLASSES  # noqa: E402
 
 
 def main() -> None:
@@ -88,7 +90,7 @@ def synthetic(train_images: int, seed: int) -> data.Dataset:
         split(train_images), split(train_images // 4), split(train_images // 4),
     )  # fmt: skip
     return data.Dataset(x_train, y_train, x_val, y_val, x_test, y_test,
-                        data.CIFAR10_CLASSES, source="synthetic")  # fmt: skip
+                        CIFAR10_CLASSES, source="synthetic")  # fmt: skip
 
 
 def notebook_seconds(config: configs.Config, dataset: data.Dataset) -> float:
@@ -97,12 +99,12 @@ def notebook_seconds(config: configs.Config, dataset: data.Dataset) -> float:
 
 
 def cifarlab_seconds(config: configs.Config, dataset: data.Dataset) -> float:
-    """Seconds of the last epoch of `cifarlab.training.run`, as written to its `history.csv`."""
+    """Seconds of the last epoch of `training.train_and_evaluate`, from its history."""
     with tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as folder:
         # The run also evaluates its best checkpoint afterwards, untimed, as the CLI's does.
         with contextlib.redirect_stdout(io.StringIO()):
-            training.run(config, folder, dataset, quiet=True)
-        return runs.read_history(os.path.join(folder, "history.csv"))[-1]["seconds"]
+            training.train_and_evaluate(config, folder, dataset, quiet=True)
+        return run_folder.read_history(folder)[-1]["seconds"]
 
 
 if __name__ == "__main__":

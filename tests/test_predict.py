@@ -131,4 +131,4 @@ def test_cli_says_so_when_a_folder_has_no_images(trained_run, tmp_path, capsys):
 
 def test_cli_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path), str(tmp_path)]) == 2
-    assert "neither a run folder with best.keras nor a .keras file" in capsys.readouterr().err
+    assert "neither a trained run folder nor a .keras model file" in capsys.readouterr().err

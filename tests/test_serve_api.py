@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import zlib
 
 import numpy as np
@@ -47,7 +48,9 @@ def test_runs_lists_metrics_verdict_and_curves(client, trained_run):
     assert list(runs) == ["baseline", "diagnosed"]
     assert runs["baseline"]["class_names"] == list(CIFAR10_CLASSES)
     assert set(runs["baseline"]["accuracy"]) == {"train", "val", "test"}
-    assert runs["baseline"]["verdict"] is None and runs["baseline"]["curves_url"] is None
+    # Evaluation stores every run's diagnosis; the service reports the stored verdict.
+    stored = json.loads((trained_run / "metrics.json").read_text())["diagnosis"]["verdict"]
+    assert runs["baseline"]["verdict"] == stored and runs["baseline"]["curves_url"] is None
     assert runs["diagnosed"]["verdict"] == "underfitting: train longer"
     curves = client.get(runs["diagnosed"]["curves_url"])
     assert curves.status_code == 200 and curves.headers["content-type"] == "image/png"
