@@ -164,3 +164,30 @@ def test_comparisons_need_both_runs():
     comparisons = compare(baseline=GOOD, batchnorm=GOOD)
     assert {item["candidate"] for item in comparisons} == {"batchnorm"}
     assert compare(augmented=GOOD, batchnorm=GOOD) == []
+
+
+def test_a_gap_of_a_few_validation_images_is_too_little_evidence():
+    # 40 validation images at 60%: one standard error is √(0.6 · 0.4 / 40) = 7.7 points, so a
+    # 13-point gap (about 5 images) is within two of them; on 10,000 images it is overfitting.
+    rows = history([1.2, 1.0, 0.9], [1.3, 1.2, 1.15], [0.55, 0.65, 0.73], [0.52, 0.58, 0.60])
+    thin = diagnosis.diagnose(rows, num_classes=10, num_val_images=40)
+    assert thin["verdict"] == "too little evidence"
+    assert (
+        "13.0-point accuracy gap" in thin["reasons"][0] and "about 5 images" in thin["reasons"][0]
+    )
+    assert (
+        diagnosis.diagnose(rows, num_classes=10, num_val_images=10_000)["verdict"] == "overfitting"
+    )
+
+
+def test_validation_accuracy_near_chance_is_too_little_evidence():
+    # Chance is 10%; two standard errors on 200 images are 2 · √(0.1 · 0.9 / 200) = 4.2 points.
+    rows = history([2.2, 2.1, 2.0], [2.3, 2.35, 2.5], [0.15, 0.2, 0.3], [0.1, 0.11, 0.12])
+    result = diagnosis.diagnose(rows, num_classes=10, num_val_images=200)
+    assert result["verdict"] == "too little evidence"
+    assert "within 2 standard errors (4.2%) of chance (10.0%)" in result["reasons"][0]
+
+
+def test_rules_print_the_underfitting_threshold_itself():
+    underfitting = next(rule for rule in diagnosis.rules(10) if rule.startswith("underfitting"))
+    assert "at or above 1.151 (0.5 × the chance loss ln(10) = 2.303)" in underfitting

@@ -96,6 +96,10 @@ def compare(histories: dict[str, list[dict]], metric: str, path: Path) -> Path:
             **VAL_STYLE,
         )
     label = LOSS_LABEL if metric == "loss" else "Accuracy"
+    if metric == "loss":
+        # A log axis keeps every run readable when one diverges to losses many times the rest.
+        axis.set_yscale("log")
+        label += " (log scale)"
     axis.set(xlabel="Epoch", ylabel=label, title=f"{label}: all runs")
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.grid(alpha=0.3)
