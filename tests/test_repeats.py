@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from cifarlab import api, cli
-from cifarlab.config import Config
+from cifarlab import api, cli, run_folder
 from cifarlab.errors import UserError
 from cifarlab.report import build
 from cifarlab.run_folder import Study
@@ -64,7 +63,7 @@ def test_each_experiment_and_seed_is_an_ordinary_run_folder(repeated_study):
         assert not (repeated_study / experiment / "config.json").exists()
         for seed in SEEDS:
             run_dir = repeated_study / experiment / f"seed={seed}"
-            config = Config.load(run_dir / "config.json")
+            config = run_folder.read_config(run_dir)
             assert (config.name, config.seed, config.epochs) == (experiment, seed, 1)
             assert "verdict" in json.loads((run_dir / "metrics.json").read_text())["diagnosis"]
             # Figures that need the images are drawn for the first seed only.

@@ -15,6 +15,7 @@ import pytest
 
 from cifarlab import cli, load_data
 from cifarlab.run_folder import read_history
+from tests.conftest import write_cifar10_archive
 
 EXPERIMENTS = ("baseline", "augmented", "batchnorm")
 METRICS_KEYS = {
@@ -101,21 +102,87 @@ def test_bad_input_is_one_sentence_and_exit_code_2(arguments, message, tmp_path)
     assert "Traceback" not in result.stderr
 
 
-def test_killed_run_resumes_with_each_epoch_once(tiny_archive, tmp_path):
+RECORD_RESTORED_STATE = """
+import sys
+import keras
+import numpy as np
+from cifarlab import cli
+
+restore = keras.callbacks.BackupAndRestore.on_train_begin
+
+
+def record(self, logs=None):
+    # Keras's own restore runs first; then the state the resumed epoch starts from is saved.
+    restore(self, logs)
+    np.savez(sys.argv[1], *[np.asarray(v) for v in self.model.weights],
+             *[np.asarray(v) for v in self.model.optimizer.variables])
+
+
+keras.callbacks.BackupAndRestore.on_train_begin = record
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_a_run_killed_in_epoch_2_resumes_from_the_state_saved_at_the_end_of_epoch_1(tmp_path):
+    # 1,000 images at batch 8: an epoch takes seconds, so a kill within 20 ms of the backup of
+    # epoch 1 lands in epoch 2.
+    archive = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_class=100)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "cifarlab.cli", "train", "baseline", "--data",
-               str(tiny_archive), "--epochs", "12", "--out", str(out), "--quiet"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while len(read_history(out)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    arguments = ["train", "baseline", "--data", str(archive), "--epochs", "4", "--batch-size",
+                 "8", "--out", str(out), "--quiet", "--precision", "float32"]  # fmt: skip
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    process = subprocess.Popen([sys.executable, "-m", "cifarlab.cli", *arguments],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=environment)  # fmt: skip
+    metadata = out / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 600
+    while not metadata.is_file() and time.monotonic() < deadline:
+        time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    finished = len(read_history(out))
-    assert 2 <= finished < 12 and not (out / "metrics.json").exists()
+    assert len(read_history(out)) == 1 and not (out / "metrics.json").exists()
+    # Epoch 1 is the best so far, so best.keras holds the end of epoch 1: weights and optimizer.
+    end_of_epoch_1 = keras.models.load_model(out / "best.keras")
+    saved = [np.asarray(v) for v in (*end_of_epoch_1.weights, *end_of_epoch_1.optimizer.variables)]
+    assert int(end_of_epoch_1.optimizer.iterations.numpy()) == 100  # 800 images / 8 per step.
 
-    arguments = ["train", "baseline", "--data", str(tiny_archive), "--epochs", "12", "--quiet"]
-    assert cli.main([*arguments, "--out", str(out)]) == 0
-    epochs = [row["epoch"] for row in read_history(out)]
-    assert epochs == list(range(12))
-    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 12
+    restored_path = tmp_path / "restored.npz"
+    subprocess.run([sys.executable, "-c", RECORD_RESTORED_STATE, str(restored_path), *arguments],
+                   check=True, capture_output=True, env=environment)  # fmt: skip
+    with np.load(restored_path) as restored:
+        arrays = [restored[f"arr_{index}"] for index in range(len(restored.files))]
+    assert len(arrays) == len(saved)
+    for restored_array, saved_array in zip(arrays, saved, strict=True):
+        np.testing.assert_array_equal(restored_array, saved_array)
+
+    rows = read_history(out)
+    assert [row["epoch"] for row in rows] == [0, 1, 2, 3]
+    metrics = json.loads((out / "metrics.json").read_text())
+    # The checkpoint kept is the best of all four epochs, the one from before the kill included:
+    # evaluating it on the validation images gives the lowest validation loss of the history.
+    best = min(range(4), key=lambda index: rows[index]["val_loss"])
+    assert metrics["best_epoch"] == best + 1
+    assert metrics["val"]["loss"] == pytest.approx(rows[best]["val_loss"], rel=1e-4)
+
+
+def test_a_backup_torn_by_a_kill_is_repaired_not_fatal(tmp_path):
+    archive = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_class=100)
+    out = tmp_path / "run"
+    arguments = ["train", "baseline", "--data", str(archive), "--epochs", "3", "--batch-size",
+                 "8", "--out", str(out), "--quiet", "--precision", "float32"]  # fmt: skip
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    process = subprocess.Popen([sys.executable, "-m", "cifarlab.cli", *arguments],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=environment)  # fmt: skip
+    weights = out / "backup" / "latest.weights.h5"
+    deadline = time.monotonic() + 600
+    while not (out / "backup" / "training_metadata.json").is_file():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # As a kill in the middle of Keras's first save leaves it: half the weights, no epoch number.
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (out / "backup" / "training_metadata.json").unlink()
+    assert cli.main(arguments) == 0
+    assert [row["epoch"] for row in read_history(out)] == [0, 1, 2]

@@ -27,6 +27,16 @@ def scale(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float32) / 255.0
 
 
+def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the training images in `epoch` (0-based): it depends only on (seed, epoch),
+    so a run resumed at any epoch sees the same batches as one that was never interrupted."""
+    return np.random.default_rng([seed, epoch]).permutation(num_images)
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    return math.ceil(num_images / batch_size)
+
+
 def training_batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -34,12 +44,40 @@ def training_batches(
     batch_size: int,
     augmentation: Augmentation,
     seed: int,
+    first_epoch: int = 0,
+    epochs: int = 1,
 ):
-    """Shuffled, optionally augmented training batches, reshuffled every epoch."""
+    """Shuffled, optionally augmented training batches for epochs `first_epoch` to `epochs`,
+    as one stream of `steps_per_epoch` batches per epoch (fit it with that `steps_per_epoch`).
+
+    One stream for the whole run means one iterator: Keras keeps it across epochs instead of
+    building a new one, and with it a new shuffle, at every epoch's start.
+    """
     augment = augmenter(augmentation, seed)
     if keras.backend.backend() == "tensorflow":
-        return _tf_batches(images, labels, num_classes, batch_size, True, augment, seed)
-    return ArrayBatches(images, labels, num_classes, batch_size, True, augment, seed)
+        return _tf_training_batches(
+            images, labels, num_classes, batch_size, augment, seed, first_epoch, epochs
+        )
+    return ArrayBatches(images, labels, num_classes, batch_size, True, augment, seed, first_epoch)
+
+
+def _tf_training_batches(images, labels, num_classes, batch_size, augment, seed, first, epochs):
+    import tensorflow as tf
+
+    images_tensor = tf.convert_to_tensor(images)
+    labels_tensor = tf.convert_to_tensor(labels.astype(np.int32))
+    orders = np.stack([epoch_order(len(labels), seed, epoch) for epoch in range(first, epochs)])
+
+    def prepare(indices):
+        batch_images = tf.cast(tf.gather(images_tensor, indices), tf.float32) / 255.0
+        if augment is not None:
+            batch_images = augment(batch_images, training=True)
+        return batch_images, tf.one_hot(tf.gather(labels_tensor, indices), num_classes)
+
+    batches = tf.data.Dataset.from_tensor_slices(orders.astype(np.int32)).flat_map(
+        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    )
+    return batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_batches(
@@ -47,7 +85,7 @@ def evaluation_batches(
 ):
     """Batches in order, unaugmented, for validation, evaluation and prediction."""
     if keras.backend.backend() == "tensorflow":
-        return _tf_batches(images, labels, num_classes, batch_size, False, None, 0)
+        return _tf_evaluation_batches(images, labels, num_classes, batch_size)
     return ArrayBatches(images, labels, num_classes, batch_size, False, None, 0)
 
 
@@ -61,35 +99,37 @@ def image_batches(images: np.ndarray, batch_size: int = EVAL_BATCH_SIZE):
     return ArrayBatches(images, None, 0, batch_size, False, None, 0)
 
 
-def _tf_batches(images, labels, num_classes, batch_size, shuffle, augment, seed):
+def _tf_evaluation_batches(images, labels, num_classes, batch_size):
     import tensorflow as tf
 
     def prepare(batch_images, batch_labels):
-        batch_images = tf.cast(batch_images, tf.float32) / 255.0
-        if augment is not None:
-            batch_images = augment(batch_images, training=True)
-        return batch_images, tf.one_hot(batch_labels, num_classes)
+        return tf.cast(batch_images, tf.float32) / 255.0, tf.one_hot(batch_labels, num_classes)
 
     batches = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-    if shuffle:
-        batches = batches.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     batches = batches.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """Batches from in-memory uint8 arrays for backends without `tf.data`."""
+    """Batches from in-memory uint8 arrays for backends without `tf.data`; when shuffling, each
+    epoch's order is `epoch_order(seed, epoch)`, counted from `first_epoch`."""
 
-    def __init__(self, images, labels, num_classes, batch_size, shuffle, augment, seed):
+    def __init__(self, images, labels, num_classes, batch_size, shuffle, augment, seed,
+                 first_epoch=0):  # fmt: skip
         super().__init__(workers=PYDATASET_WORKERS, use_multiprocessing=False)
         self.images, self.labels = images, labels
         self.num_classes, self.batch_size = num_classes, batch_size
-        self.shuffle, self.augment = shuffle, augment
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
+        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.epoch = first_epoch
+        self.order = self._order()
         if augment is not None:
             # Built here, once, because the worker threads would otherwise race to build it.
             augment.build((None, *images.shape[1:]))
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.images))
+        return epoch_order(len(self.images), self.seed, self.epoch)
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
@@ -105,5 +145,5 @@ class ArrayBatches(keras.utils.PyDataset):
         return batch_images, one_hot
 
     def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.order = self.rng.permutation(len(self.images))
+        self.epoch += 1
+        self.order = self._order()

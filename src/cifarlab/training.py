@@ -10,6 +10,7 @@ interrupted run from its last finished epoch.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ from cifarlab.errors import RunError, UserError
 # step takes about a millisecond, so Python's per-step overhead would dominate without it.
 CPU_STEPS_PER_EXECUTION = 1
 GPU_STEPS_PER_EXECUTION = 32
+# The files Keras's BackupAndRestore keeps in the run folder's backup folder.
+_BACKUP_WEIGHTS = "latest.weights.h5"
+_BACKUP_METADATA = "training_metadata.json"
 
 
 def train_and_evaluate(
@@ -59,7 +63,7 @@ def train_and_evaluate(
         run_folder.write_history(run_dir, rows)
         if initial_epoch < config.epochs:
             best_so_far = min((row["val_loss"] for row in rows), default=None)
-            if _fit(model, config, data, run_dir, best_so_far, quiet, tensorboard):
+            if _fit(model, config, data, run_dir, initial_epoch, best_so_far, quiet, tensorboard):
                 raise RunError(
                     f"Training loss became NaN in {run_dir}; the best checkpoint so far is kept "
                     f"in {run_folder.BEST_MODEL}. Try a lower --learning-rate."
@@ -85,7 +89,7 @@ def prepare_folder(config: Config, run_dir: Path, overwrite: bool) -> None:
         raise UserError(f"{run_dir} holds a finished run; pass --overwrite to train it again.")
 
 
-def _fit(model, config, data, run_dir, best_so_far, quiet, tensorboard) -> bool:
+def _fit(model, config, data, run_dir, first_epoch, best_so_far, quiet, tensorboard) -> bool:
     """Fit with the stock callbacks; True if training stopped because the loss became NaN."""
     checkpoint = keras.callbacks.ModelCheckpoint(
         run_dir / run_folder.BEST_MODEL,
@@ -104,12 +108,17 @@ def _fit(model, config, data, run_dir, best_so_far, quiet, tensorboard) -> bool:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
     train = input_pipeline.training_batches(
         data.x_train, data.y_train, data.num_classes, config.batch_size,
-        config.augmentation, config.seed,
+        config.augmentation, config.seed, first_epoch, config.epochs,
     )  # fmt: skip
     validation = input_pipeline.evaluation_batches(data.x_val, data.y_val, data.num_classes)
+    # A tf.data stream covers every remaining epoch; a PyDataset is one epoch long.
+    steps = None if isinstance(train, keras.utils.PyDataset) else (
+        input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
+    )  # fmt: skip
     model.fit(
         train,
         epochs=config.epochs,
+        steps_per_epoch=steps,
         validation_data=validation,
         callbacks=callbacks,
         shuffle=False,  # The batches are shuffled by the input pipeline itself.
@@ -121,12 +130,43 @@ def _fit(model, config, data, run_dir, best_so_far, quiet, tensorboard) -> bool:
 
 def _resume_epoch(run_dir: Path, config: Config) -> int:
     """The number of finished epochs to keep: BackupAndRestore's, or all if training ended."""
-    metadata = run_dir / run_folder.BACKUP / "training_metadata.json"
+    _repair_backup(run_dir / run_folder.BACKUP)
+    metadata = run_dir / run_folder.BACKUP / _BACKUP_METADATA
     if metadata.is_file():
         return int(run_folder.read_json(metadata)["epoch"])
     finished = len(run_folder.read_history(run_dir))
     trained = finished >= config.epochs and (run_dir / run_folder.BEST_MODEL).is_file()
     return config.epochs if trained else 0
+
+
+def _repair_backup(backup: Path) -> None:
+    """Leave BackupAndRestore's folder whole after a kill in the middle of its save.
+
+    Keras writes its weights and then its epoch number in place, keeping the previous pair as
+    `.bkp` copies; it falls back on them only for unreadable weights. Here either torn file
+    brings back the previous pair, and with no previous pair (a kill while saving epoch 1) the
+    backup is dropped, so the run starts afresh rather than failing.
+    """
+    current = (backup / _BACKUP_WEIGHTS, backup / _BACKUP_METADATA)
+    previous = tuple(path.with_name(f"{path.name}.bkp") for path in current)
+    if not backup.is_dir() or _readable_backup(*current):
+        return
+    if _readable_backup(*previous):
+        for source, target in zip(previous, current, strict=True):
+            shutil.copyfile(source, target)
+    else:
+        shutil.rmtree(backup)
+
+
+def _readable_backup(weights: Path, metadata: Path) -> bool:
+    import h5py
+
+    try:
+        int(json.loads(metadata.read_text())["epoch"])
+        with h5py.File(weights, "r"):
+            return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 class EpochTimer(keras.callbacks.Callback):

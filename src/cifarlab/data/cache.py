@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,7 +62,7 @@ def arrays(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, n
         # Plain arrays only: a cache file that asks for pickled objects is refused.
         with np.load(path, allow_pickle=False) as stored:
             return {key: stored[key] for key in stored.files}
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         path.unlink(missing_ok=True)  # A damaged entry is rebuilt rather than trusted.
         return arrays(name, build)
 

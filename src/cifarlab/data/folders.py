@@ -215,16 +215,23 @@ def _subfolders(folder: Path) -> list[Path]:
     ]
 
 
-def _scan(root: Path, relative: str, visited: frozenset = frozenset()) -> Iterator[tuple]:
+def _scan(root: Path, relative: str, visited: frozenset | None = None) -> Iterator[tuple]:
     """(relative path, bytes, modification ns) of the image files below `root/relative`, sorted.
 
     Strings and `os.scandir` rather than `Path` objects: a 60,000-image folder is listed in
-    well under a second this way. A folder reached twice through links (a loop) and entries
-    that cannot be read are skipped with a warning.
+    well under a second this way. A folder reached twice through links (a loop, including one
+    back to the dataset folder) and entries that cannot be read are skipped with a warning.
     """
     folder = os.path.join(root, relative)
     try:
-        identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
+        if visited is None:
+            # The folders above `relative`, the dataset folder included: a link back to one of
+            # them would list the other classes' images as this one's.
+            parts = relative.split("/")
+            visited = frozenset(
+                _identity(os.path.join(root, *parts[:end])) for end in range(len(parts))
+            )
+        identity = _identity(folder)
         if identity in visited:
             warnings.warn(f"Skipped {folder}: a link back to a folder above it.", stacklevel=2)
             return
@@ -244,3 +251,9 @@ def _scan(root: Path, relative: str, visited: frozenset = frozenset()) -> Iterat
                 yield f"{relative}/{entry.name}", stat.st_size, stat.st_mtime_ns
         except OSError as error:
             warnings.warn(f"Skipped {entry.path}: {error.strerror or error}.", stacklevel=2)
+
+
+def _identity(folder: str) -> tuple[int, int]:
+    """The (device, inode) pair naming `folder` however it was reached."""
+    stat = os.stat(folder)
+    return stat.st_dev, stat.st_ino

@@ -13,6 +13,7 @@ numbers of seeds. A difference is "within noise" when that interval includes zer
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,7 +110,11 @@ def difference(
     mean = float(a.mean() - b.mean())
     if a.size < 2 or b.size < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return Difference(mean, math.nan, math.nan, int(a.size), int(b.size))
-    interval = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    with warnings.catch_warnings():
+        # SciPy warns of precision loss when the values are nearly identical; the interval is
+        # then simply narrow, which is the right answer.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        interval = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
     return Difference(mean, float(interval.low), float(interval.high), int(a.size), int(b.size))
 
 
