@@ -1,57 +1,100 @@
 """The notebook's own way of training, kept as the reference the benchmarks compare against.
 
-The model is cifarlab's (the same layers and parameters), but it is fed as the notebook fed
-it: float32 NumPy arrays in [0, 1] with one-hot labels, `model.fit(x, y, batch_size=...,
-validation_data=(x_val, y_val))`, float32 throughout. For `augmented` the notebook fitted on
-`ImageDataGenerator.flow`, which Keras 3 no longer has; its closest equivalent is
-`AugmentingFlow`, a `keras.utils.PyDataset` applying the same Keras augmentation layers to each
-float32 batch in Python, fitted with PyDataset's default settings (no extra workers).
+The model is cifarlab's (the same layers and parameters, `models.build_model` and
+`models.compile_model`, float32), but everything around it is the notebook's steps B, C, E, F
+and H as written there:
+
+* the images scaled as step B does (`x.astype("float32")`, then `x /= 255`), the labels made
+  one-hot with `to_categorical` (step C);
+* `baseline` and `batchnorm`: `model.fit(x_train, y_train_c, batch_size=32 or 64,
+  validation_data=(x_val, y_val_c), callbacks=[ModelCheckpoint(..., monitor="val_loss",
+  save_best_only=True)])`, so validation also runs at the training batch size;
+* `augmented`: `model.fit(datagen.flow(x_train, y_train_c, batch_size=32), ...)` with the real
+  `ImageDataGenerator(rotation_range=10, width_shift_range=0.1, height_shift_range=0.1,
+  horizontal_flip=True)`. Keras 3 on TensorFlow still ships it as
+  `tf.keras.preprocessing.image.ImageDataGenerator` (the class in
+  `keras.src.legacy.preprocessing.image`); its `flow` iterator is a `PyDataset` one epoch
+  (`ceil(n / 32)` batches) long, so `model.fit` takes it as the notebook passes it, with the
+  same default of one worker: each batch is augmented image by image with SciPy, in the
+  training thread, between steps.
+
+The one deliberate difference is `verbose=0` instead of the notebook's progress bar. The
+checkpoint goes to a scratch `.h5` file, as the notebook's did to Google Drive.
 """
 
 from __future__ import annotations
 
-import keras
-import numpy as np
+import logging
+import tempfile
+from pathlib import Path
 
-from cifarlab import augmentation, input_pipeline, models, training
+import keras
+
+from cifarlab import models, training
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
 
+EXPERIMENTS = ("baseline", "augmented", "batchnorm")  # The notebook's steps E, F and H.
+
 
 def fit(config: Config, dataset: Dataset) -> dict:
-    """Train `config` the notebook's way; its Keras history, with each epoch's `seconds`."""
+    """Train `config` the notebook's way; its Keras history, with each epoch's `seconds`.
+
+    `seconds` is `training.EpochTimer`'s, as in cifarlab's runs: training and validation,
+    not the checkpoint written after them.
+    """
+    # This also seeds NumPy's global generator, which ImageDataGenerator draws from.
     keras.utils.set_random_seed(config.seed)
     model = models.build_model(config, dataset.num_classes)
     models.compile_model(model, config)
-    x_train, x_val = input_pipeline.scale(dataset.x_train), input_pipeline.scale(dataset.x_val)
-    y_train = keras.utils.to_categorical(dataset.y_train, dataset.num_classes)
-    y_val = keras.utils.to_categorical(dataset.y_val, dataset.num_classes)
-    options = dict(epochs=config.epochs, validation_data=(x_val, y_val),
-                   callbacks=[training.EpochTimer()], verbose=0)  # fmt: skip
-    if config.augmentation.active:
-        history = model.fit(AugmentingFlow(x_train, y_train, config), **options)
-    else:
-        history = model.fit(x_train, y_train, batch_size=config.batch_size, **options)
+    x_train, x_val = scaled(dataset.x_train), scaled(dataset.x_val)
+    y_train_c = keras.utils.to_categorical(dataset.y_train, dataset.num_classes)
+    y_val_c = keras.utils.to_categorical(dataset.y_val, dataset.num_classes)
+    with tempfile.TemporaryDirectory(prefix="notebook-checkpoint-") as folder, QuietH5Saving():
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            Path(folder) / f"{config.name}.h5", monitor="val_loss", verbose=0, save_best_only=True
+        )
+        options = dict(epochs=config.epochs, verbose=0, validation_data=(x_val, y_val_c),
+                       callbacks=[training.EpochTimer(), checkpoint])  # fmt: skip
+        if config.augmentation.active:
+            datagen = image_data_generator(config)
+            history = model.fit(
+                datagen.flow(x_train, y_train_c, batch_size=config.batch_size), **options
+            )
+        else:
+            history = model.fit(x_train, y_train_c, batch_size=config.batch_size, **options)
     return history.history
 
 
-class AugmentingFlow(keras.utils.PyDataset):
-    """`ImageDataGenerator.flow` in Keras 3 terms: shuffled float32 batches, augmented in Python."""
+def scaled(images):
+    """Step B: float32 pixels in [0, 1], written as the notebook writes it."""
+    images = images.astype("float32")
+    images /= 255
+    return images
 
-    def __init__(self, images: np.ndarray, one_hot: np.ndarray, config: Config):
-        super().__init__()
-        self.images, self.one_hot, self.batch_size = images, one_hot, config.batch_size
-        self.augment = augmentation.augmenter(config.augmentation, config.seed)
-        self.rng = np.random.default_rng(config.seed)
-        self.order = self.rng.permutation(len(images))
 
-    def __len__(self) -> int:
-        return -(-len(self.images) // self.batch_size)
+def image_data_generator(config: Config):
+    """Step F's `ImageDataGenerator` with `config`'s rotation, shift and flip."""
+    import tensorflow as tf
 
-    def __getitem__(self, index: int):
-        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        batch = keras.ops.convert_to_numpy(self.augment(self.images[chosen], training=True))
-        return batch, self.one_hot[chosen]
+    augmentation = config.augmentation
+    return tf.keras.preprocessing.image.ImageDataGenerator(
+        rotation_range=augmentation.rotation_degrees,
+        width_shift_range=augmentation.shift,
+        height_shift_range=augmentation.shift,
+        horizontal_flip=augmentation.horizontal_flip,
+    )
 
-    def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.images))
+
+class QuietH5Saving(logging.Filter):
+    """Silences Keras 3's "HDF5 file ... legacy" warning at every checkpoint the notebook saves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "HDF5 file" not in record.getMessage()
+
+    def __enter__(self):
+        logging.getLogger("absl").addFilter(self)
+        return self
+
+    def __exit__(self, *exception):
+        logging.getLogger("absl").removeFilter(self)

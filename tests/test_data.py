@@ -32,8 +32,9 @@ def test_reads_archive_and_extracted_folder_alike(tiny_archive, tmp_path):
 def test_split_is_seeded_disjoint_and_a_fifth(tiny_archive):
     first, again = load_data(tiny_archive, seed=3), load_data(tiny_archive, seed=3)
     other = load_data(tiny_archive, seed=4)
-    # 80 training images: 16 validation, 64 training.
-    assert (len(first.y_val), len(first.y_train), len(first.y_test)) == (16, 64, 40)
+    # 80 training images, 8 per class: a small subset, so round(0.2 · 8) = 2 of each class are
+    # held out for validation, 20 in all, and 60 train.
+    assert (len(first.y_val), len(first.y_train), len(first.y_test)) == (20, 60, 40)
     np.testing.assert_array_equal(first.x_val, again.x_val)
     assert not np.array_equal(first.x_val, other.x_val)
     train_rows = {row.tobytes() for row in first.x_train}
@@ -138,3 +139,19 @@ def test_failed_download_names_the_url_and_the_flag(tmp_path):
             quiet=True,
         )
     assert missing in str(error.value)
+
+
+def test_small_subsets_get_a_class_balanced_validation_split(tiny_archive):
+    # 8 training images per class: a random 20% could give one class 4 validation images and
+    # another none; a stratified split holds out round(0.2 · 8) = 2 of each.
+    assert load_data(tiny_archive).counts()["val"] == [2] * 10
+
+
+def test_full_sets_keep_the_notebooks_random_split_unless_asked():
+    labels = np.repeat(np.arange(10), 2_000)  # 20,000 images: not a small subset.
+    images = np.zeros((len(labels), 1, 1, 3), np.uint8)
+    names = tuple(str(index) for index in range(10))
+    arguments = (images, labels, images[:10], labels[:10], names, "synthetic", 0.2, 0)
+    random_counts = dataset.split(*arguments).counts()["val"]
+    assert sum(random_counts) == 4_000 and len(set(random_counts)) > 1
+    assert dataset.split(*arguments, stratify=True).counts()["val"] == [400] * 10

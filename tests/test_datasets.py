@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarlab import cli, load_data, models
+from cifarlab import arguments, cli, load_data, models
 from cifarlab.config import BASELINE
 from cifarlab.data import cache, standard
 from cifarlab.errors import UserError
@@ -181,7 +181,7 @@ def test_folder_without_the_files_says_what_it_wants(tmp_path):
 
 
 def test_command_line_offers_exactly_the_standard_datasets():
-    assert tuple(standard.STANDARDS) == cli.DATASETS
+    assert tuple(standard.STANDARDS) == arguments.DATASETS
 
 
 @pytest.mark.parametrize(

@@ -83,8 +83,19 @@ def test_page_static_files_and_docs_are_served(client):
     docs = client.get("/docs")
     # The docs page works offline: Swagger UI comes from this server, not from a CDN.
     assert docs.status_code == 200 and "cdn" not in docs.text
+    assert "/docs-assets/swagger-ui-bundle.js" in docs.text
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_page_and_the_docs_have_an_icon_from_this_server(client):
+    icon = 'href="/static/favicon.svg"'
+    assert icon in client.get("/").text and icon in client.get("/docs").text
+    for path in ("/static/favicon.svg", "/favicon.ico"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith("image/svg+xml"), path
+        assert response.text.startswith("<svg"), path
 
 
 @pytest.mark.parametrize(

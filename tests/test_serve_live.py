@@ -6,6 +6,7 @@ One `cifarlab serve` process (the CLI itself) serves the session's tiny run for 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import os
 import socket
@@ -96,34 +97,159 @@ def server(trained_run, diagnosed_run, tmp_path_factory):
     process.wait(timeout=30)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (see .ci/run)")
-def test_browser_uploads_an_image_and_sees_class_and_heat_map(server, tmp_path):
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, driven by Playwright, shared by this module's browser tests."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (see .ci/run)")
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str, width: int = 1200, height: int = 900):
+    """A new page at `url` with its runs listed, and the list of every URL it requests."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(url)
+    return page, requested
+
+
+def upload(page, path: Path) -> None:
+    """Choose `path` in the page's file input and wait until the page shows its result."""
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_function(
+        "(name) => !document.getElementById('result').hidden"
+        " && document.getElementById('result-file').textContent === name"
+        " && !document.getElementById('result').hasAttribute('aria-busy')",
+        arg=path.name,
+    )
+
+
+def test_browser_uploads_an_image_and_sees_class_and_heat_map(server, browser, tmp_path):
     photo = tmp_path / "red-box.jpg"
     photo.write_bytes(photo_bytes())
-    requested = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("request", lambda request: requested.append(request.url))
-        page.goto(server)
-        page.wait_for_selector("#runs tbody tr:nth-child(2)")
-        page.set_input_files("#file-input", str(photo))
-        page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
-        page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
-        page.wait_for_function("document.querySelector('#runs img')?.naturalWidth > 0")
-        predicted = page.text_content("#predicted-class")
-        bars = page.locator("#bars li").all_inner_texts()
-        runs_text = page.inner_text("#runs")
-        page.screenshot(path=tmp_path / "page.png", full_page=True)
-        browser.close()
+    page, requested = open_page(browser, server)
+    page.wait_for_selector("#runs tbody tr:nth-child(2)")
+    upload(page, photo)
+    page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
+    page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
+    page.wait_for_function("document.querySelector('#runs img')?.naturalWidth > 0")
+    predicted = page.text_content("#predicted-class")
+    bars = page.locator("#bars li").all_inner_texts()
+    runs_text = page.inner_text("#runs")
+    icon = page.get_attribute("link[rel=icon]", "href")
+    page.screenshot(path=tmp_path / "page.png", full_page=True)
+    page.close()
     assert predicted in CIFAR10_CLASSES
     assert len(bars) == 5 and bars[0].startswith(predicted)
     assert "underfitting: train longer" in runs_text and "no curves.png" in runs_text
+    assert httpx.get(server + icon).headers["content-type"].startswith("image/svg+xml")
     assert (tmp_path / "page.png").stat().st_size > 10_000
     # The page needs nothing from outside this server.
     outside = [url for url in requested if not url.startswith((server, "data:", "blob:"))]
+    assert outside == []
+
+
+def test_a_result_always_belongs_to_the_current_image_and_run(server, browser, tmp_path):
+    photo, other, broken = tmp_path / "red-box.jpg", tmp_path / "again.jpg", tmp_path / "bad.jpg"
+    photo.write_bytes(photo_bytes())
+    other.write_bytes(photo_bytes())
+    broken.write_bytes(b"hello, I am text")
+    page, _ = open_page(browser, server)
+    page.wait_for_selector("#runs tbody tr:nth-child(2)")
+    upload(page, photo)
+    assert page.text_content("#result-run") == "baseline"  # The selector starts at the first.
+
+    # A file the server refuses: the error shows, and the last image and prediction go.
+    page.set_input_files("#file-input", str(broken))
+    page.wait_for_selector("#error", state="visible")
+    assert "Could not classify bad.jpg" in page.text_content("#error")
+    assert "not a supported image" in page.text_content("#error")
+    assert page.is_hidden("#result")
+    assert page.get_attribute("#preview", "src") is None
+    assert page.get_attribute("#heatmap", "src") is None
+
+    # A good image again, then another run: the page asks again and names the new run.
+    upload(page, other)
+    assert page.is_hidden("#error") and page.text_content("#result-run") == "baseline"
+    with page.expect_response("**/api/predict") as answer:
+        page.select_option("#run-select", "diagnosed")
+    assert answer.value.json()["run"] == "diagnosed"
+    page.wait_for_function("document.getElementById('result-run').textContent === 'diagnosed'")
+    assert page.is_visible("#result") and page.text_content("#result-file") == "again.jpg"
+    assert page.evaluate("document.getElementById('preview').naturalWidth") > 0
+    page.close()
+
+
+@pytest.mark.parametrize(("top", "note"), [(0.15, "Low confidence: chance is 10%."), (0.9, None)])
+def test_a_prediction_below_twice_chance_is_marked_low_confidence(
+    server, browser, tmp_path, top, note
+):
+    photo = tmp_path / "red-box.jpg"
+    photo.write_bytes(photo_bytes())
+    page, _ = open_page(browser, server)
+    page.wait_for_selector("#runs tbody tr:nth-child(2)")
+    # The model's answer is set here, so both sides of twice chance (20% for 10 classes) show.
+    heat_map = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 60, 60)).save(heat_map, format="PNG")
+    names, rest = ["frog", "cat", "dog", "ship", "truck"], (1 - top) / 4
+    predictions = [{"class_name": name, "probability": top if name == "frog" else rest}
+                   for name in names]  # fmt: skip
+    answer = {"run": "baseline", "explained_class": "frog", "predictions": predictions,
+              "heatmap_png": base64.b64encode(heat_map.getvalue()).decode("ascii")}  # fmt: skip
+    page.route("**/api/predict", lambda route: route.fulfill(json=answer))
+    upload(page, photo)
+    shown = page.text_content("#low-confidence") if page.is_visible("#low-confidence") else None
+    page.close()
+    assert shown == note
+
+
+def test_the_page_fits_a_phone_without_sideways_scrolling(server, browser, tmp_path):
+    photo = tmp_path / "red-box.jpg"
+    photo.write_bytes(photo_bytes())
+    page, _ = open_page(browser, server, width=390, height=844)
+    page.wait_for_selector("#runs tbody tr:nth-child(2)")
+    upload(page, photo)
+    page.wait_for_function("document.querySelector('#runs img')?.naturalWidth > 0")
+    page_width = page.evaluate("document.documentElement.scrollWidth")
+    header_width = page.evaluate("document.querySelector('header').getBoundingClientRect().width")
+    table_box = page.evaluate(
+        "(() => { const box = document.querySelector('.table-scroll');"
+        " return [box.clientWidth, box.scrollWidth]; })()"
+    )
+    image_edges = page.evaluate(
+        "[...document.querySelectorAll('#result img')]"
+        ".map((image) => image.getBoundingClientRect().right)"
+    )
+    page.close()
+    assert page_width <= 390 and header_width == 390
+    assert table_box[0] <= 390 < table_box[1]  # The runs table scrolls inside its own box.
+    assert len(image_edges) == 2 and all(right <= 390 for right in image_edges)
+
+
+def test_the_docs_page_renders_the_openapi_schema(server, browser):
+    page, requested = open_page(browser, f"{server}/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    operations = page.eval_on_selector_all(
+        ".opblock",
+        "blocks => blocks.map((block) => ["
+        " block.querySelector('.opblock-summary-method').textContent,"
+        " block.querySelector('.opblock-summary-path').textContent.replaceAll('\\u200b', '')])",
+    )
+    text = page.inner_text("body")
+    page.close()
+    assert sorted(map(tuple, operations)) == [
+        ("GET", "/api/runs"),
+        ("GET", "/api/runs/{name}/curves.png"),
+        ("POST", "/api/predict"),
+    ]
+    assert "Unable to render" not in text and "OAS 3.1" in text
+    outside = [url for url in requested if not url.startswith((server, "data:"))]
     assert outside == []
 
 

@@ -82,10 +82,10 @@ def test_different_config_in_the_same_folder_is_refused(runs, tiny_archive, caps
         (["train", "resnet"], "Unknown experiment"),
         (["train", "baseline", "--data", "/no/such/archive.tar.gz"], "does not exist"),
         (["train", "baseline", "--epochs", "0"], "positive whole number"),
-        (["train", "baseline", "--epochs", "many"], "invalid positive_int value"),
-        (["train", "baseline", "--learning-rate", "fast"], "invalid float value"),
+        (["train", "baseline", "--epochs", "many"], "expected a positive whole number, got many"),
+        (["train", "baseline", "--learning-rate", "fast"], "expected a positive number, got fast"),
         (["train", "baseline", "--val-fraction", "1.5"], "between 0 and 1"),
-        (["evaluate", "/no/such/run"], "not a run folder"),
+        (["evaluate", "/no/such/run"], "Run folder /no/such/run does not exist"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_code_2(arguments, message, tmp_path):

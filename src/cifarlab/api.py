@@ -24,10 +24,20 @@ __all__ = [
 ]  # fmt: skip
 
 
-def experiment_config(experiment: str | configs.Config, **overrides: object) -> configs.Config:
-    """The named experiment ("baseline", "augmented", "batchnorm" or A/B/C) with overrides."""
-    base = experiment if isinstance(experiment, configs.Config) else configs.experiment(experiment)
-    return configs.override(base, **overrides)
+def experiment_config(
+    experiment: str | configs.Config,
+    experiments_file: str | Path | None = None,
+    **overrides: object,
+) -> configs.Config:
+    """The named experiment with overrides: a built-in ("baseline", "augmented", "batchnorm",
+    "modern", or A/B/C) or one declared in `experiments_file` (TOML).
+
+    `model` may be a function `(config, input_shape, num_classes) -> keras.Model` or its import
+    path "package.module:function"; the run then records the path and its source's SHA-256.
+    """
+    from cifarlab import experiments
+
+    return experiments.resolve(experiment, experiments_file, **overrides)
 
 
 def train(
@@ -38,11 +48,13 @@ def train(
     overwrite: bool = False,
     quiet: bool = False,
     tensorboard: bool = False,
+    experiments_file: str | Path | None = None,
     **overrides: object,
 ) -> Run:
     """Train one experiment into the run folder `out` (default `runs/<name>`) and evaluate it.
 
-    `overrides` replace config fields, e.g. `epochs=5, learning_rate=3e-3, seed=1`. Without
+    `overrides` replace config fields, e.g. `epochs=5, learning_rate=3e-3, seed=1`, or
+    `model=build_fn` for your own network (see `experiment_config`). Without
     `data`, the dataset is loaded from `path` with the config's split settings. An interrupted
     run in `out` resumes where it stopped.
     """
@@ -58,7 +70,7 @@ def train(
                     f"{key}={overrides[key]}; load the data with the same {key}."
                 )
             overrides[key] = value
-    config = experiment_config(experiment, **overrides)
+    config = experiment_config(experiment, experiments_file, **overrides)
     if data is None:
         data = dataset.load_for(config, path, quiet=quiet)
     out = Path(out) if out is not None else Path("runs") / config.name
@@ -82,7 +94,7 @@ def open_run(run: Run | str | Path) -> Run:
 
 
 def study(
-    experiments: tuple[str, ...] | list[str] = ("baseline", "augmented", "batchnorm"),
+    experiments: tuple[str, ...] | list[str] | None = None,
     data: Dataset | None = None,
     out: str | Path = "runs",
     path: str | Path | None = None,
@@ -96,9 +108,15 @@ def study(
     workers: int | None = None,
     cpus_per_run: float = 1,
     gpus_per_run: float = 0,
+    experiments_file: str | Path | None = None,
+    model=None,
     **data_settings: object,
 ) -> Study:
     """Train (or reuse) each experiment under `out`, draw its figures, and write the report.
+
+    `experiments` are names (default: every experiment of `experiments_file`, a TOML file of
+    your own experiments, else the notebook's baseline, augmented and batchnorm); `model`
+    replaces every experiment's network by your builder (see `experiment_config`).
 
     Finished runs in `out` are reused and an interrupted one resumes. With `repeats` K > 1 each
     experiment is trained with K seeds as Ray tasks (a local Ray unless `ray_address` names a
@@ -110,11 +128,15 @@ def study(
     from cifarlab import studies
     from cifarlab.scale.ray_jobs import RayOptions
 
+    if callable(model):
+        from cifarlab import models
+
+        model = models.builder_path(model)
     options = studies.StudyOptions(
-        experiments=tuple(experiments), out=Path(out), path=path, epochs=epochs, seed=seed,
-        precision=precision, projection=projection, quiet=quiet, repeats=repeats,
-        ray=RayOptions(ray_address, workers, cpus_per_run, gpus_per_run),
-        data_settings=data_settings,
+        experiments=tuple(experiments) if experiments else None, out=Path(out), path=path,
+        epochs=epochs, seed=seed, precision=precision, projection=projection, quiet=quiet,
+        repeats=repeats, ray=RayOptions(ray_address, workers, cpus_per_run, gpus_per_run),
+        experiments_file=experiments_file, model=model, data_settings=data_settings,
     )  # fmt: skip
     studies.train_and_report(options, data)
     return Study(options.out)

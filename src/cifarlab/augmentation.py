@@ -1,4 +1,5 @@
-"""The notebook's real-time augmentation (`ImageDataGenerator`, step F) as Keras layers.
+"""The notebook's real-time augmentation (`ImageDataGenerator`, step F) as Keras layers, and
+the modern recipe's pad-and-crop and cutout.
 
 Rotation and shift are drawn per image and applied as one affine transform, with one
 interpolation pass, as `ImageDataGenerator` applies them; the horizontal flip follows. The
@@ -55,6 +56,65 @@ class RandomRotationShift(keras.layers.RandomRotation):
         return {**config, "rotation_degrees": self.rotation_degrees, "shift": self.shift}
 
 
+class RandomPadCrop(keras.layers.Layer):
+    """Pad each image by `padding` pixels (reflecting its edges) and crop a random window of the
+    original size back out: a random shift of up to `padding` pixels, drawn per image."""
+
+    def __init__(self, padding: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = padding
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        ops, pad = keras.ops, self.padding
+        height, width = images.shape[1], images.shape[2]
+        padded = ops.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
+        count = ops.shape(images)[0]
+        offsets = keras.random.randint((count, 2), 0, 2 * pad + 1, seed=self.seed_generator)
+        rows = offsets[:, :1] + ops.arange(height)[None]  # N × H source rows.
+        columns = offsets[:, 1:] + ops.arange(width)[None]  # N × W source columns.
+        picked = ops.take_along_axis(padded, rows[:, :, None, None], axis=1)
+        return ops.take_along_axis(picked, columns[:, None, :, None], axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "padding": self.padding}
+
+
+class Cutout(keras.layers.Layer):
+    """Set one random `size` × `size` square of each image to zero (DeVries and Taylor, 2017);
+    the square's centre is anywhere in the image, so it may be cut by the border."""
+
+    def __init__(self, size: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        ops = keras.ops
+        height, width = images.shape[1], images.shape[2]
+        count = ops.shape(images)[0]
+        centre_rows = keras.random.randint((count, 1), 0, height, seed=self.seed_generator)
+        centre_columns = keras.random.randint((count, 1), 0, width, seed=self.seed_generator)
+        # Pixel i is inside when |i - centre| < size / 2, in doubled integers to stay exact.
+        inside_rows = ops.abs(2 * (ops.arange(height)[None] - centre_rows) + 1) <= self.size
+        inside_columns = ops.abs(2 * (ops.arange(width)[None] - centre_columns) + 1) <= self.size
+        square = ops.logical_and(inside_rows[:, :, None], inside_columns[:, None, :])
+        return images * ops.cast(ops.logical_not(square), images.dtype)[..., None]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "size": self.size}
+
+
 def augmenter(augmentation: Augmentation, seed: int) -> keras.Sequential | None:
     """The layers that augment training batches as configured, or None if there is nothing to do."""
     if not augmentation.active:
@@ -64,6 +124,10 @@ def augmenter(augmentation: Augmentation, seed: int) -> keras.Sequential | None:
         layers.append(
             RandomRotationShift(augmentation.rotation_degrees, augmentation.shift, seed=seed)
         )
+    if augmentation.crop_padding:
+        layers.append(RandomPadCrop(augmentation.crop_padding, seed=seed + 2))
     if augmentation.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 1))
+    if augmentation.cutout:
+        layers.append(Cutout(augmentation.cutout, seed=seed + 3))
     return keras.Sequential(layers, name="augmentation")

@@ -7,24 +7,37 @@ A `Config` says everything that decides what a run learns. It is written to ever
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field, replace
 
 from cifarlab.errors import UserError
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Real-time augmentation, as the notebook's `ImageDataGenerator` (step F)."""
+    """Real-time augmentation: the notebook's `ImageDataGenerator` (step F), and more."""
 
     rotation_degrees: float = 0.0  # Random rotation in [-d, +d] degrees.
     shift: float = 0.0  # Random width and height shift, as a fraction of the image side.
     horizontal_flip: bool = False
+    crop_padding: int = 0  # Pad by this many pixels (reflecting), then crop back at random.
+    cutout: int = 0  # Side in pixels of one random square set to zero per image (0: off).
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.rotation_degrees <= 180, "augmentation.rotation_degrees", "lie in 0–180")
+        _check(0 <= self.shift < 1, "augmentation.shift", "lie in [0, 1)")
+        _check(self.crop_padding >= 0, "augmentation.crop_padding", "be at least 0")
+        _check(self.cutout >= 0, "augmentation.cutout", "be at least 0")
 
     @property
     def active(self) -> bool:
-        return bool(self.rotation_degrees or self.shift or self.horizontal_flip)
+        return any(dataclasses.astuple(self))
 
 
 @dataclass(frozen=True)
@@ -32,56 +45,118 @@ class Config:
     """Everything that decides what one training run learns."""
 
     name: str = "baseline"
-    learning_rate: float = 1e-3  # Adam step size.
+    # The experiment this one is stated against, for the report's comparison; not a setting.
+    base: str = field(default="", compare=False)
+    # The network (step D): blocks of `convs_per_block` convolutions, then one hidden layer.
+    filters: tuple[int, ...] = (32, 64)  # Filters of each block's convolutions.
+    convs_per_block: int = 2
+    kernel_size: int = 3
+    dense_units: int = 512
+    dropout: float = 0.5
+    batch_norm: bool = False  # BatchNormalization before every hidden ReLU, no biases there.
+    model: str = ""  # "package.module:function" building the network instead; "" is the above.
+    model_sha256: str = ""  # SHA-256 of that function's source, recorded when the run starts.
+    # Training (step E).
+    optimizer: str = "adam"  # adam, adamw, or sgd (Nesterov momentum 0.9).
+    learning_rate: float = 1e-3  # Peak step size.
+    weight_decay: float = 0.0  # Decoupled weight decay per step, times the learning rate.
+    schedule: str = "constant"  # constant, cosine (decay to 0), onecycle (warm-up, then cosine).
+    label_smoothing: float = 0.0
     batch_size: int = 32  # Training images per step.
     epochs: int = 50
-    batch_norm: bool = False  # BatchNormalization before every hidden ReLU, no biases there.
+    early_stopping_patience: int = 0  # Stop after this many epochs without a lower val loss.
     augmentation: Augmentation = field(default_factory=Augmentation)
+    test_time_flip: bool = False  # Average predictions of each image and its mirror image.
+    # Data and run.
     seed: int = 0  # Seeds the validation split, weight initialisation and shuffling.
     val_fraction: float = 0.2  # Share of the training images held out for validation.
+    # A class-balanced validation split also for full standard sets (always for class folders
+    # and small subsets).
+    stratify: bool = False
     test_fraction: float = 0.2  # Share held out for testing, only where a dataset has no test set.
     dataset: str = "cifar10"
     image_size: int = 32  # Side of the square model input, in pixels.
     precision: str = "auto"  # auto, float32, bfloat16 or float16 (mixed precision).
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise UserError(f"epochs must be a positive whole number, not {self.epochs}.")
-        if self.batch_size < 1:
-            raise UserError(f"batch_size must be a positive whole number, not {self.batch_size}.")
-        if not self.learning_rate > 0:
-            raise UserError(f"learning_rate must be positive, not {self.learning_rate}.")
-        if not 0 < self.val_fraction < 1:
-            raise UserError(f"val_fraction must lie between 0 and 1, not {self.val_fraction}.")
-        if not 0 < self.test_fraction < 1:
-            raise UserError(f"test_fraction must lie between 0 and 1, not {self.test_fraction}.")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}.")
-        if self.image_size < 8:
-            raise UserError(f"image_size must be at least 8 pixels, not {self.image_size}.")
+        _check(self.epochs >= 1, "epochs", "be a positive whole number")
+        _check(self.batch_size >= 1, "batch_size", "be a positive whole number")
+        _check(self.learning_rate > 0, "learning_rate", "be positive")
+        _check(0 < self.val_fraction < 1, "val_fraction", "lie between 0 and 1")
+        _check(0 < self.test_fraction < 1, "test_fraction", "lie between 0 and 1")
+        _check(self.precision in PRECISIONS, "precision", f"be one of {', '.join(PRECISIONS)}")
+        _check(self.image_size >= 8, "image_size", "be at least 8 pixels")
+        _check(bool(self.filters) and min(self.filters) >= 1, "filters", "be positive numbers")
+        _check(self.convs_per_block >= 1, "convs_per_block", "be a positive whole number")
+        _check(self.kernel_size >= 1, "kernel_size", "be a positive whole number")
+        _check(self.dense_units >= 1, "dense_units", "be a positive whole number")
+        _check(0 <= self.dropout < 1, "dropout", "lie in [0, 1)")
+        _check(self.optimizer in OPTIMIZERS, "optimizer", f"be one of {', '.join(OPTIMIZERS)}")
+        _check(self.schedule in SCHEDULES, "schedule", f"be one of {', '.join(SCHEDULES)}")
+        _check(self.weight_decay >= 0, "weight_decay", "be at least 0")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", "lie in [0, 1)")
+        _check(self.early_stopping_patience >= 0, "early_stopping_patience", "be at least 0")
+        _check(not self.model or ":" in self.model, "model", "be written package.module:function")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> Config:
+        """The config stored as `values` (a run folder's config); unknown keys are ignored,
+        so folders written by other versions still load."""
         values = dict(values)
-        values["augmentation"] = Augmentation(**values.get("augmentation", {}))
+        augmentation = values.get("augmentation", {})
+        known_augmentation = {f.name for f in dataclasses.fields(Augmentation)}
+        values["augmentation"] = Augmentation(
+            **{key: value for key, value in augmentation.items() if key in known_augmentation}
+        )
+        if "filters" in values:
+            values["filters"] = tuple(values["filters"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
 
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+def _check(condition: bool, key: str, requirement: str) -> None:
+    if not condition:
+        raise UserError(f"{key} must {requirement}.")
+
 
 BASELINE = Config(name="baseline", learning_rate=1e-3, batch_size=32, epochs=50)
 AUGMENTED = replace(
     BASELINE,
     name="augmented",
+    base="baseline",
     augmentation=Augmentation(rotation_degrees=10, shift=0.1, horizontal_flip=True),
 )
-BATCHNORM = replace(BASELINE, name="batchnorm", batch_norm=True, learning_rate=1e-2, batch_size=64)
+BATCHNORM = replace(
+    BASELINE, name="batchnorm", base="baseline", batch_norm=True, learning_rate=1e-2,
+    batch_size=64,
+)  # fmt: skip
+# A modern recipe: a small residual network with batch normalization, SGD with Nesterov
+# momentum on a one-cycle schedule, label smoothing, flip and pad-and-crop augmentation, and
+# flip test-time augmentation (airbench and fastai's CIFAR-10 recipes, sized for a CPU).
+MODERN = replace(
+    BASELINE,
+    name="modern",
+    base="baseline",
+    model="cifarlab.models:residual_network",
+    filters=(64, 128, 256),
+    batch_norm=True,
+    dropout=0.0,
+    optimizer="sgd",
+    learning_rate=0.2,
+    weight_decay=5e-4,
+    schedule="onecycle",
+    label_smoothing=0.2,
+    batch_size=512,
+    epochs=16,
+    augmentation=Augmentation(horizontal_flip=True, crop_padding=4),
+    test_time_flip=True,
+)
 
-EXPERIMENTS = {config.name: config for config in (BASELINE, AUGMENTED, BATCHNORM)}
+EXPERIMENTS = {config.name: config for config in (BASELINE, AUGMENTED, BATCHNORM, MODERN)}
+NOTEBOOK_EXPERIMENTS = ("baseline", "augmented", "batchnorm")
 ALIASES = {"A": "baseline", "B": "augmented", "C": "batchnorm"}
 
 
@@ -95,25 +170,68 @@ def experiment(name: str) -> Config:
 
 
 def override(config: Config, **overrides: object) -> Config:
-    """`config` with the named fields replaced; values may be strings, parsed to the field's type.
+    """`config` with the named settings replaced; values may be strings, parsed to the setting's
+    type. Nested settings are named with a dot: `augmentation.rotation_degrees`.
 
     Unknown keys and values of the wrong type raise `UserError` naming the valid choices.
     """
-    fields = {f.name: f for f in dataclasses.fields(Config) if f.name != "augmentation"}
-    parsed = {}
+    top: dict[str, object] = {}
+    nested: dict[str, object] = {}
     for key, value in overrides.items():
         if value is None:
             continue
-        if key not in fields:
-            raise UserError(f"Unknown setting '{key}'; valid settings are {', '.join(fields)}.")
-        parsed[key] = _parse(key, value, typing.get_type_hints(Config)[key])
-    return replace(config, **parsed)
+        group, dot, inner = key.partition(".")
+        if dot and group == "augmentation":
+            nested[inner] = _parse_setting(Augmentation, inner, value, "augmentation.")
+        elif key == "augmentation" and isinstance(value, Augmentation):
+            top["augmentation"] = value
+        elif key == "augmentation" and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                nested[inner] = _parse_setting(Augmentation, inner, inner_value, "augmentation.")
+        else:
+            top[key] = _parse_setting(Config, key, value)
+    if nested:
+        top["augmentation"] = replace(top.get("augmentation", config.augmentation), **nested)
+    return replace(config, **top)
 
 
-def _parse(key: str, value: object, kind: type) -> object:
+def setting_value(config: Config, key: str) -> object:
+    """The value of setting `key` ("dropout", "augmentation.shift") in `config`."""
+    value: object = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def settings() -> list[str]:
+    """Every setting an experiment may override, nested ones with their dot."""
+    names = [f.name for f in dataclasses.fields(Config) if f.name not in _NOT_SETTINGS]
+    return names + [f"augmentation.{f.name}" for f in dataclasses.fields(Augmentation)]
+
+
+_NOT_SETTINGS = ("augmentation", "model_sha256")
+
+
+def _parse_setting(kind: type, key: str, value: object, prefix: str = "") -> object:
+    fields = {f.name for f in dataclasses.fields(kind)} - set(_NOT_SETTINGS)
+    if key not in fields:
+        raise UserError(
+            f"Unknown setting '{prefix}{key}'; valid settings are {', '.join(settings())}."
+        )
+    return _parse(f"{prefix}{key}", value, typing.get_type_hints(kind)[key])
+
+
+def _parse(key: str, value: object, kind) -> object:
+    if typing.get_origin(kind) is tuple:
+        items = value
+        if isinstance(value, str):
+            items = [item for item in re.split(r"[\s,x/\[\]]+", value) if item]
+        if isinstance(items, list | tuple):
+            return tuple(_parse(key, item, typing.get_args(kind)[0]) for item in items)
+        raise UserError(f"{key} must be a list of whole numbers, not {value!r}.")
     if isinstance(kind, types.UnionType):
         kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+    if isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool)):
         return value
     if kind is bool and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
         return value.lower() in ("true", "1")
@@ -137,14 +255,18 @@ def describe_differences(old: Config, new: Config) -> list[str]:
 
 def _differing(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
     found = {}
-    for key in old.keys() | new.keys():
+    for key in dict.fromkeys([*old, *new]):
+        if key == "base" and not prefix:
+            continue  # Not a setting: the experiment this one is compared with.
         before, after = old.get(key), new.get(key)
         if isinstance(before, dict) and isinstance(after, dict):
             found.update(_differing(before, after, f"{prefix}{key}."))
         elif before != after:
             found[f"{prefix}{key}"] = (before, after)
-    return dict(sorted(found.items()))
+    return found
 
 
 def _shown(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if value != "" else "(none)"

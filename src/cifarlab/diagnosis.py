@@ -294,3 +294,28 @@ def compare_by_seed(diagnoses: dict[tuple[str, int], dict]) -> list[dict]:
         for seed, same_seed in by_seed.items()
         for entry in compare_runs(same_seed)
     ]
+
+
+def compare_with_base(
+    name: str, base: str, differences: list[str], candidate: dict, reference: dict
+) -> dict:
+    """What a user's change did, against the experiment it was stated against, in numbers.
+
+    `candidate` and `reference` hold each run's `diagnosis` and `test_accuracy`; `differences`
+    name the settings that differ ("dropout 0.5 → 0.25"). The textbook has no expectation
+    here, so the entry's `agrees` is None and its `kind` is "base".
+    """
+    ours, theirs = candidate["diagnosis"], reference["diagnosis"]
+    loss, base_loss = ours["val_loss_min"], theirs["val_loss_min"]
+    accuracy, base_accuracy = candidate["test_accuracy"], reference["test_accuracy"]
+    gap, base_gap = 100 * ours["accuracy_gap_final"], 100 * theirs["accuracy_gap_final"]
+    changed = "; ".join(differences) or "no setting"
+    sentence = (
+        f"{name} against its base {base} ({changed}): best validation loss {loss:.3f} vs "
+        f"{base_loss:.3f} ({loss - base_loss:+.3f}); test accuracy {accuracy:.1%} vs "
+        f"{base_accuracy:.1%} ({100 * (accuracy - base_accuracy):+.1f} points); train–validation "
+        f"accuracy gap at the end {gap:.1f} vs {base_gap:.1f} points; verdict "
+        f"{ours['verdict']} vs {theirs['verdict']}."
+    )
+    return {"candidate": name, "reference": base, "key": "base", "kind": "base", "agrees": None,
+            "sentence": sentence}  # fmt: skip

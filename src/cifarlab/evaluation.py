@@ -1,9 +1,9 @@
 """The notebook's step E: evaluate a run's best checkpoint, then diagnose its curves (step G).
 
-Predictions come first; the metrics are NumPy and scikit-learn on those arrays, so they can be
-checked by hand. Scores, per-class metrics and the diagnosis are stored once, in the run
-folder's metrics file (`run_folder.METRICS`), which marks the run finished; reports read
-them from there.
+Predictions come first (averaged with the mirror images' for runs with test-time flips); the
+metrics are NumPy and scikit-learn on those arrays, so they can be checked by hand. Scores,
+per-class metrics and the diagnosis are stored once, in the run folder's metrics file
+(`run_folder.METRICS`), which marks the run finished; reports read them from there.
 
     cifarlab evaluate runs/baseline --data cifar-10-python.tar.gz
 """
@@ -26,16 +26,14 @@ def evaluate_run(run_dir: str | Path, data: Dataset) -> dict:
     run_dir = Path(run_dir)
     model = run_folder.load_best_model(run_dir)
     config = run_folder.read_config(run_dir)
-    scores = {}
+    scores, probabilities = {}, None
     for split, images, labels in (
         ("train", data.x_train, data.y_train),
         ("val", data.x_val, data.y_val),
         ("test", data.x_test, data.y_test),
     ):
-        batches = input_pipeline.evaluation_batches(images, labels, data.num_classes)
-        loss, accuracy = model.evaluate(batches, verbose=0)
-        scores[split] = {"loss": float(loss), "accuracy": float(accuracy)}
-    probabilities = predict_probabilities(model, data.x_test)
+        probabilities = predict_probabilities(model, images, config.test_time_flip)
+        scores[split] = loss_and_accuracy(labels, probabilities)
     run_folder.save_array(run_dir / run_folder.TEST_PROBABILITIES, probabilities)
     history = run_folder.read_history(run_dir)
     metrics = {
@@ -52,10 +50,24 @@ def evaluate_run(run_dir: str | Path, data: Dataset) -> dict:
     return metrics
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Class probabilities for uint8 images, in batches, as float32."""
-    outputs = model.predict(input_pipeline.image_batches(images), verbose=0)
-    return np.asarray(outputs, dtype=np.float32)
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray, test_time_flip: bool = False
+) -> np.ndarray:
+    """Class probabilities for uint8 images, in batches, as float32; with `test_time_flip` the
+    mean of the predictions for each image and its mirror image."""
+    outputs = np.asarray(model.predict(input_pipeline.image_batches(images), verbose=0), np.float32)
+    if test_time_flip:
+        mirrored = model.predict(input_pipeline.image_batches(images[:, :, ::-1]), verbose=0)
+        outputs = (outputs + np.asarray(mirrored, np.float32)) / 2
+    return outputs
+
+
+def loss_and_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """Mean categorical cross-entropy (probabilities clipped at Keras's 1e-7) and accuracy."""
+    chosen = probabilities[np.arange(len(labels)), labels].astype(np.float64)
+    loss = -np.log(np.clip(chosen, 1e-7, 1.0)).mean() if len(labels) else 0.0
+    accuracy = (probabilities.argmax(axis=1) == labels).mean() if len(labels) else 0.0
+    return {"loss": float(loss), "accuracy": float(accuracy)}
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names) -> dict:

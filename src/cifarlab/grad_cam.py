@@ -1,6 +1,7 @@
 """Grad-CAM: where in an image the network looked when it chose a class.
 
-The model is split at its last convolutional activation (`models.LAST_CONV_LAYER`): the
+The model is split at its last convolutional activation (`models.last_conv_layer`, found by
+inspecting the model, so users' own networks work too): the
 gradient of the class score with respect to that activation, averaged over the image, weighs
 each channel, and the weighted sum of channels (negative parts dropped) is the heat map
 (Selvaraju et al., 2017). The gradient comes from the active Keras backend: TensorFlow's
@@ -27,8 +28,8 @@ OVERLAY_OPACITY = 0.45  # Share of the heat map's colour in the overlay.
 class GradCam:
     """Grad-CAM for one classifier; build once, then call on batches of uint8 images."""
 
-    def __init__(self, model: keras.Model, layer_name: str = models.LAST_CONV_LAYER):
-        conv_layer = model.get_layer(layer_name)
+    def __init__(self, model: keras.Model, layer_name: str | None = None):
+        conv_layer = model.get_layer(layer_name) if layer_name else models.last_conv_layer(model)
         self.features = keras.Model(model.input, conv_layer.output)
         self.head = _head_after(model, conv_layer)
         self.gradients = gradient_function(self.head)

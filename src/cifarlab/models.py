@@ -1,37 +1,106 @@
-"""The notebook's CNN (step D) and its batch-normalized variant (step H), as one builder.
+"""The notebook's CNN (step D) and its batch-normalized variant (step H), as one builder; a small
+residual network for the modern recipe; and users' own builders.
 
     baseline, augmented: Conv 32 ×2 → MaxPool → Conv 64 ×2 → MaxPool → Flatten → Dense 512
                          → Dropout 0.5 → Dense softmax (2,168,362 parameters for CIFAR-10)
     batchnorm:           the same with every Conv and the Dense 512 bias-free, each followed by
-                         BatchNormalization and then ReLU.
+                         BatchNormalization and then ReLU (2,170,474 parameters).
 
-Only `keras` and `keras.ops` are used, so every Keras backend runs these models.
+`filters`, `convs_per_block`, `kernel_size`, `dense_units` and `dropout` reshape the notebook's
+network; `model = "package.module:function"` replaces it with any function
+`(config, input_shape, num_classes) -> keras.Model`. Grad-CAM and the feature plot find their
+layers by inspecting the model (`last_conv_layer`, `feature_extractor`), so any such network
+works. Only `keras` and `keras.ops` are used, so every Keras backend runs these models.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import replace
+
 import keras
 
 from cifarlab.config import Config
+from cifarlab.errors import UserError
 
-FEATURES_LAYER = "features"  # The 512-d penultimate layer, for feature plots.
-LAST_CONV_LAYER = "block2_conv2"  # The last convolutional activation, for Grad-CAM.
+Builder = Callable[[Config, tuple[int, int, int], int], keras.Model]
+ONECYCLE_WARMUP = 0.25  # Share of the steps over which the one-cycle schedule warms up.
+SGD_MOMENTUM = 0.9  # Nesterov momentum of the sgd optimizer.
 
 
 def build_model(
     config: Config, num_classes: int = 10, dtype_policy: str | None = None
 ) -> keras.Model:
-    """The uncompiled Functional model for `config`; `dtype_policy` e.g. "mixed_bfloat16"."""
-    size = config.image_size
-    inputs = keras.Input(shape=(size, size, 3), name="image")
+    """The uncompiled model for `config`; `dtype_policy` e.g. "mixed_bfloat16"."""
+    input_shape = (config.image_size, config.image_size, 3)
+    if not config.model:
+        return notebook_network(config, input_shape, num_classes, dtype_policy)
+    builder = import_builder(config.model)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy or "float32")
+    try:
+        model = builder(config, input_shape, num_classes)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if not isinstance(model, keras.Model):
+        raise UserError(f"{config.model} returned {type(model).__name__}, not a keras.Model.")
+    return model
+
+
+def import_builder(path: str) -> Builder:
+    """The function at "package.module:function", or a `UserError` saying what is wrong."""
+    module_name, _, function_name = path.partition(":")
+    try:
+        builder = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise UserError(
+            f"Cannot import the model builder {path} ({error}); give package.module:function "
+            "of an importable module."
+        ) from error
+    if not callable(builder):
+        raise UserError(f"{path} is not a function.")
+    return builder
+
+
+def builder_path(builder: Builder) -> str:
+    """ "package.module:function" for a module-level function."""
+    return f"{builder.__module__}:{builder.__qualname__}"
+
+
+def builder_sha256(path: str) -> str:
+    """The SHA-256 of the builder's source, recorded with each run that uses it."""
+    builder = import_builder(path)
+    try:
+        source = inspect.getsource(builder)
+    except (OSError, TypeError):
+        source = path
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def record_builder(config: Config) -> Config:
+    """`config` with the SHA-256 of its builder's source filled in (unchanged without one)."""
+    if not config.model:
+        return config
+    return replace(config, model_sha256=builder_sha256(config.model))
+
+
+def notebook_network(
+    config: Config, input_shape: tuple[int, int, int], num_classes: int, dtype_policy=None
+) -> keras.Model:
+    """The notebook's network, reshaped by the config's network settings."""
+    inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
-    for block, filters in ((1, 32), (2, 64)):
-        for index in (1, 2):
-            x = _conv_unit(x, filters, f"block{block}_conv{index}", config.batch_norm, dtype_policy)
+    for block, filters in enumerate(config.filters, start=1):
+        for index in range(1, config.convs_per_block + 1):
+            x = _conv_unit(x, filters, config.kernel_size, f"block{block}_conv{index}",
+                           config.batch_norm, dtype_policy)  # fmt: skip
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool", dtype=dtype_policy)(x)
     x = keras.layers.Flatten(name="flatten", dtype=dtype_policy)(x)
-    x = _dense_unit(x, config.batch_norm, dtype_policy)
-    x = keras.layers.Dropout(0.5, name="dropout", dtype=dtype_policy)(x)
+    x = _dense_unit(x, config.dense_units, config.batch_norm, dtype_policy)
+    x = keras.layers.Dropout(config.dropout, name="dropout", dtype=dtype_policy)(x)
     # The output stays float32 under mixed precision, so softmax and the loss keep full range.
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", name="predictions", dtype="float32"
@@ -39,44 +108,115 @@ def build_model(
     return keras.Model(inputs, outputs, name=config.name)
 
 
-def _conv_unit(x, filters: int, name: str, batch_norm: bool, dtype_policy: str | None):
-    # Either way the unit's ReLU output carries `name`, so Grad-CAM finds it in every variant.
+def _conv_unit(x, filters: int, kernel_size: int, name: str, batch_norm: bool, dtype_policy):
+    # Either way the unit's ReLU output carries `name`.
     if not batch_norm:
-        return keras.layers.Conv2D(
-            filters, 3, padding="same", activation="relu", name=name, dtype=dtype_policy
-        )(x)
-    x = keras.layers.Conv2D(
-        filters, 3, padding="same", use_bias=False, name=f"{name}_linear", dtype=dtype_policy
-    )(x)
+        return keras.layers.Conv2D(filters, kernel_size, padding="same", activation="relu",
+                                   name=name, dtype=dtype_policy)(x)  # fmt: skip
+    x = keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=False,
+                            name=f"{name}_linear", dtype=dtype_policy)(x)  # fmt: skip
     x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype_policy)(x)
     return keras.layers.Activation("relu", name=name, dtype=dtype_policy)(x)
 
 
-def _dense_unit(x, batch_norm: bool, dtype_policy: str | None):
+def _dense_unit(x, units: int, batch_norm: bool, dtype_policy):
     if not batch_norm:
-        return keras.layers.Dense(512, activation="relu", name=FEATURES_LAYER, dtype=dtype_policy)(
-            x
-        )
-    x = keras.layers.Dense(
-        512, use_bias=False, name=f"{FEATURES_LAYER}_linear", dtype=dtype_policy
+        return keras.layers.Dense(units, activation="relu", name="features", dtype=dtype_policy)(x)
+    x = keras.layers.Dense(units, use_bias=False, name="features_linear", dtype=dtype_policy)(x)
+    x = keras.layers.BatchNormalization(name="features_bn", dtype=dtype_policy)(x)
+    return keras.layers.Activation("relu", name="features", dtype=dtype_policy)(x)
+
+
+def residual_network(
+    config: Config, input_shape: tuple[int, int, int], num_classes: int
+) -> keras.Model:
+    """A small ResNet for 32×32 images (the "ResNet-9" of fast CIFAR-10 training): a stem
+    convolution, then per entry of `filters` a convolution, max-pooling and, for the first and
+    last, a residual pair of convolutions; global max-pooling and a linear classifier."""
+
+    def unit(x, filters, name):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = unit(inputs, config.filters[0] // 2, "stem")
+    for block, filters in enumerate(config.filters, start=1):
+        x = unit(x, filters, f"block{block}_conv")
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        if block in (1, len(config.filters)):
+            shortcut = x
+            x = unit(x, filters, f"block{block}_res1")
+            x = unit(x, filters, f"block{block}_res2")
+            x = keras.layers.Add(name=f"block{block}_add")([shortcut, x])
+    x = keras.layers.GlobalMaxPooling2D(name="features")(x)
+    if config.dropout:
+        x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", name="predictions", dtype="float32"
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{FEATURES_LAYER}_bn", dtype=dtype_policy)(x)
-    return keras.layers.Activation("relu", name=FEATURES_LAYER, dtype=dtype_policy)(x)
+    return keras.Model(inputs, outputs, name=config.name)
 
 
-def compile_model(model: keras.Model, config: Config, steps_per_execution: int = 1) -> None:
-    """Adam at the experiment's learning rate, categorical cross-entropy, accuracy."""
+def compile_model(
+    model: keras.Model, config: Config, steps_per_epoch: int = 1, steps_per_execution: int = 1
+) -> None:
+    """The config's optimizer and schedule, cross-entropy (with label smoothing), accuracy."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss="categorical_crossentropy",
+        optimizer=optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
     )
 
 
+def optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam (the notebook's), AdamW, or SGD with Nesterov momentum, at the config's schedule."""
+    rate = learning_rate(config, steps_per_epoch)
+    decay = config.weight_decay or None
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=rate, momentum=SGD_MOMENTUM, nesterov=True,
+                                    weight_decay=decay)  # fmt: skip
+    return keras.optimizers.Adam(learning_rate=rate, weight_decay=decay)
+
+
+def learning_rate(config: Config, steps_per_epoch: int):
+    """A constant rate, a cosine decay to zero, or one cycle: a warm-up, then a cosine decay."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
+    if config.schedule == "onecycle":
+        warmup = max(1, int(ONECYCLE_WARMUP * total))
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate / 25, total - warmup, warmup_target=config.learning_rate,
+            warmup_steps=warmup,
+        )  # fmt: skip
+    return config.learning_rate
+
+
+def last_conv_layer(model: keras.Model) -> keras.layers.Layer:
+    """The layer whose output is the last convolution's activation map, found by inspection:
+    the last Conv2D, followed through the layers after it that keep its spatial size (batch
+    normalization, activation, residual addition), up to the first that changes it."""
+    layers = model.layers
+    convolutions = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Conv2D)]
+    if not convolutions:
+        raise UserError(f"Model {model.name} has no convolutional layer to explain.")
+    chosen = convolutions[-1]
+    shape = tuple(layers[chosen].output.shape[1:3])
+    for index in range(chosen + 1, len(layers)):
+        output = layers[index].output
+        if len(output.shape) != 4 or tuple(output.shape[1:3]) != shape:
+            break
+        chosen = index
+    return layers[chosen]
+
+
 def feature_extractor(model: keras.Model) -> keras.Model:
-    """A model mapping images to the 512-d penultimate features of `model`."""
-    return keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+    """A model mapping images to the penultimate features: the input of the last layer."""
+    return keras.Model(model.inputs, model.layers[-1].input)
 
 
 def summary(model: keras.Model) -> str:

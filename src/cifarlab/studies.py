@@ -37,7 +37,9 @@ PROJECTIONS = ("pca", "tsne")
 class StudyOptions:
     """Everything one study is asked to do; `None` leaves an experiment's own setting."""
 
-    experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS
+    experiments: tuple[str, ...] | None = None  # None: the file's experiments, else the notebook's.
+    experiments_file: Path | None = None  # A TOML file of the user's own experiments.
+    model: str | None = None  # "package.module:function" replacing every experiment's network.
     out: Path = Path("runs")
     path: str | Path | None = None  # The data: None means `$CIFARLAB_DATA`, cache or download.
     epochs: int | None = None
@@ -124,22 +126,33 @@ def seeded_configs(config: Config, repeats: int) -> list[Config]:
 
 
 def experiment_configs(options: StudyOptions, data: Dataset | None = None) -> list[Config]:
-    """The named experiments with the study's shared overrides; names must be distinct."""
-    names = [configs.experiment(name.strip()).name for name in options.experiments if name.strip()]
+    """The study's experiments with its shared overrides; names must be distinct."""
+    from cifarlab import experiments
+
+    if options.experiments:
+        names = [name.strip() for name in options.experiments if name.strip()]
+    elif options.experiments_file:
+        names = list(experiments.load_file(options.experiments_file))
+    else:
+        names = list(DEFAULT_EXPERIMENTS)
     if not names:
         raise UserError("Name at least one experiment, e.g. --experiments baseline,batchnorm.")
-    if len(set(names)) != len(names):
-        raise UserError(f"Each experiment may appear once in a study, not {', '.join(names)}.")
     if data is not None:
         settings = data.split_settings
     else:
         settings = {"seed": options.seed, **options.data_settings}
-    return [
-        configs.override(
-            configs.experiment(name),
+    study_configs = [
+        experiments.resolve(
+            name,
+            options.experiments_file,
             epochs=options.epochs,
             precision=options.precision,
+            model=options.model,
             **settings,
         )  # fmt: skip
         for name in names
     ]
+    resolved = [config.name for config in study_configs]
+    if len(set(resolved)) != len(resolved):
+        raise UserError(f"Each experiment may appear once in a study, not {', '.join(resolved)}.")
+    return study_configs

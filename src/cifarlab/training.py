@@ -51,7 +51,8 @@ def train_and_evaluate(
         keras.utils.set_random_seed(config.seed)
         precision = environment.resolve_precision(config.precision)
         model = models.build_model(config, data.num_classes, environment.dtype_policy(precision))
-        models.compile_model(model, config, steps_per_execution())
+        steps = input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
+        models.compile_model(model, config, steps, steps_per_execution())
         run_folder.write_json(run_dir / run_folder.CONFIG, config.to_dict())
         run_folder.write_json(
             run_dir / run_folder.ENVIRONMENT,

@@ -23,6 +23,10 @@ import numpy as np
 from cifarlab.data import cache, folders, images, safe_files, standard
 from cifarlab.errors import UserError
 
+# Training images below which a standard set counts as a small subset: a random validation
+# split of a few hundred images per class can leave one class with twice another's share.
+SMALL_SUBSET = 20_000
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -52,6 +56,7 @@ class Dataset:
         settings = {
             "seed": self.notes["seed"],
             "val_fraction": self.notes["val_fraction"],
+            "stratify": self.notes.get("stratify", False),
             "image_size": int(self.x_train.shape[1]),
         }
         if self.name in standard.STANDARDS:  # A class-folder dataset is found by its path.
@@ -83,13 +88,16 @@ def load(
     image_size: int = 32,
     test_fraction: float = 0.2,
     quiet: bool = False,
+    stratify: bool = False,
 ) -> Dataset:
     """The data at `path` (or `$CIFARLAB_DATA`), split, with images `image_size` pixels square.
 
     A folder of class folders is read as such; anything else is standard dataset `dataset`
     (archive, extracted folder, or a folder holding either), and without a path it comes from
     the per-user cache, else the official download. `test_fraction` applies only to
-    class-folder datasets without a `test/` folder.
+    class-folder datasets without a `test/` folder. The validation split is class-balanced for
+    class folders, for standard sets under `SMALL_SUBSET` training images, and with `stratify`;
+    the full standard sets otherwise keep the notebook's random split.
     """
     path = given_path(path)
     if path is not None and safe_files.holds_images(path, images.IMAGE_SUFFIXES):
@@ -105,7 +113,7 @@ def load(
     arrays = standard.read(dataset, path, image_size, quiet)
     return split(
         arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test, arrays.class_names,
-        arrays.source, val_fraction, seed, dataset, arrays.notes,
+        arrays.source, val_fraction, seed, dataset, arrays.notes, stratify,
     )  # fmt: skip
 
 
@@ -113,7 +121,7 @@ def load_for(config, path: str | Path | None = None, quiet: bool = False) -> Dat
     """The data a run of `config` trains on: its dataset, split and image size."""
     return load(
         path, config.dataset, config.val_fraction, config.seed, config.image_size,
-        config.test_fraction, quiet,
+        config.test_fraction, quiet, config.stratify,
     )  # fmt: skip
 
 
@@ -128,15 +136,22 @@ def split(
     seed: int,
     name: str = "cifar10",
     notes: dict | None = None,
+    stratify: bool = False,
 ) -> Dataset:
-    """Hold out a seeded random `val_fraction` of the training images, as the notebook's step A."""
+    """Hold out a seeded random `val_fraction` of the training images, as the notebook's step A;
+    the same share of every class when `stratify` or when the set is a small subset."""
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must lie between 0 and 1, not {val_fraction}.")
-    order = np.random.default_rng(seed).permutation(len(y_train))
     num_val = int(val_fraction * len(y_train))
     if num_val < 1 or num_val == len(y_train):
         raise UserError(f"{len(y_train)} training images are too few to hold out {val_fraction}.")
-    val, train = order[:num_val], order[num_val:]
+    if stratify or len(y_train) < SMALL_SUBSET:
+        train, val = stratified_split(y_train, val_fraction, seed, class_names, "validation")
+        how = f"{val_fraction:.0%} of each class, seed {seed}"
+    else:
+        order = np.random.default_rng(seed).permutation(len(y_train))
+        val, train = order[:num_val], order[num_val:]
+        how = f"a random {val_fraction:.0%}, seed {seed}, as in the notebook"
     return Dataset(
         x_train=x_train[train],
         y_train=y_train[train],
@@ -147,8 +162,9 @@ def split(
         class_names=tuple(class_names),
         source=source,
         name=name,
-        notes={"val_fraction": val_fraction, "seed": seed, **(notes or {})},
-    )
+        notes={"val_fraction": val_fraction, "seed": seed, "stratify": stratify, "val_split": how,
+               **(notes or {})},
+    )  # fmt: skip
 
 
 def _load_folder_archive(archive: Path, *settings, quiet: bool = False) -> Dataset:

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from cifarlab import diagnosis, run_folder
-from cifarlab.config import EXPERIMENTS
+from cifarlab.config import EXPERIMENTS, describe_differences
 from cifarlab.errors import UserError
 from cifarlab.report import pages, plots, run_figures
 from cifarlab.run_folder import Run
@@ -149,10 +149,34 @@ def default_out_dir(run_dirs: list[Path]) -> Path:
 
 
 def compare_changes(runs: list[Run], repeated: bool) -> list[dict]:
-    """What each change did by the stored diagnoses; with repeats, among the runs of each seed."""
-    if not repeated:
-        return diagnosis.compare_runs({run.name: run.diagnosis for run in runs})
-    return diagnosis.compare_by_seed({(run.name, run.config.seed): run.diagnosis for run in runs})
+    """What each change did by the stored diagnoses: the notebook's questions for its pairs,
+    then every other experiment against its base; with repeats, among the runs of each seed."""
+    if repeated:
+        entries = diagnosis.compare_by_seed(
+            {(run.name, run.config.seed): run.diagnosis for run in runs}
+        )
+    else:
+        entries = diagnosis.compare_runs({run.name: run.diagnosis for run in runs})
+    by_key = {(run.name, run.config.seed): run for run in runs}
+    for run in runs:
+        base = by_key.get((run.config.base, run.config.seed))
+        if base is None or (run.name, run.config.base) in diagnosis.COMPARISONS:
+            continue
+        entry = diagnosis.compare_with_base(
+            run.name, base.name,
+            [item for item in describe_differences(base.config, run.config)
+             if not item.startswith("name ")],
+            _compared_numbers(run), _compared_numbers(base),
+        )  # fmt: skip
+        if repeated:
+            seed = run.config.seed
+            entry = {**entry, "seed": seed, "sentence": f"Seed {seed}: {entry['sentence']}"}
+        entries.append(entry)
+    return entries
+
+
+def _compared_numbers(run: Run) -> dict:
+    return {"diagnosis": run.diagnosis, "test_accuracy": run.metrics["test"]["accuracy"]}
 
 
 def results_row(run: Run) -> dict:

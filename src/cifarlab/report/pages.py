@@ -176,7 +176,15 @@ def _context(page: Page) -> dict:
         "diagnosis": table(DIAGNOSIS_COLUMNS, diagnosis_rows(page)),
         "diagnosis_note": DIAGNOSIS_NOTE,
         "verdicts": verdicts,
-        "comparisons": [{**entry, "mark": MARKS[entry["agrees"]]} for entry in page.comparisons],
+        "comparisons": [
+            {
+                **entry,
+                "mark": "against its base"
+                if entry.get("kind") == "base"
+                else MARKS[entry["agrees"]],
+            }
+            for entry in page.comparisons
+        ],  # fmt: skip
         "sections": figure_sections(page),
     }
 

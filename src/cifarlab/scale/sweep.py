@@ -101,7 +101,7 @@ def parse_grid(base: Config, specs: list[str]) -> dict[str, list]:
             raise UserError(f"--grid names {key} twice; give all its values in one --grid.")
         if key in ("seed", "name"):
             raise UserError(f"{key} cannot be swept; seeds come from --repeats and --seed.")
-        parsed = [getattr(configs.override(base, **{key: value.strip()}), key)
+        parsed = [configs.setting_value(configs.override(base, **{key: value.strip()}), key)
                   for value in values.split(",")]  # fmt: skip
         if len(set(parsed)) != len(parsed):
             raise UserError(f"--grid {spec} repeats a value; list each value once.")

@@ -7,7 +7,8 @@ a run only by its served name, so no request can make the server open another pa
 
     POST /api/predict   multipart `image`, optional `run` and `top_k` → top classes + heat map
     GET  /api/runs      the served runs with their metrics
-    GET  /              the page;  GET /docs  the OpenAPI documentation
+    GET  /              the page;  GET /docs  the OpenAPI documentation (Swagger UI 5, served
+                        from here: it reads the OpenAPI 3.1 schema that FastAPI writes)
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures, and `top_k`'s
@@ -19,12 +20,11 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import swagger_ui_bundle
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from cifarlab import grad_cam, prediction, run_folder
@@ -35,6 +35,7 @@ from cifarlab.serve.limits import BodyLimit
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # Largest accepted image file: 10 MB.
 _MULTIPART_OVERHEAD = 64 * 1024  # Room for form boundaries and the small text fields.
 STATIC = Path(__file__).parent / "static"
+FAVICON = STATIC / "favicon.svg"  # Linked by the page and /docs, and served at /favicon.ico.
 
 
 @dataclass
@@ -104,21 +105,15 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
     """The FastAPI application serving `run_dirs`; their models load here, once."""
     runs = load_runs(run_dirs)
     max_classes = max(len(served.classifier.class_names) for served in runs.values())
-    # The docs page loads Swagger UI from this server, not from a CDN, so it works offline.
-    app = FastAPI(
-        title="cifarlab", summary="Classify images with trained cifarlab runs.", docs_url=None
+    # /docs loads Swagger UI 5 from this server, not from a CDN, so it works offline. Swagger
+    # UI 4 (swagger-ui-bundle 1.1) cannot render the OpenAPI 3.1 schema that FastAPI writes.
+    app = FastAPIOffline(
+        title="cifarlab",
+        summary="Classify images with trained cifarlab runs.",
+        redoc_url=None,
+        static_url="/docs-assets",
+        favicon_url=f"/static/{FAVICON.name}",
     )
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path))
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url,
-            title="cifarlab API",
-            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
-        )
 
     app.add_middleware(
         BodyLimit,
@@ -171,6 +166,11 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        """The icon, for clients that ask for it without reading a page's link to it."""
+        return FileResponse(FAVICON, media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

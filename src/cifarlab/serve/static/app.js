@@ -56,33 +56,64 @@ function showError(message) {
   error.hidden = !message;
 }
 
+// The image on show and the request that classifies it. A result is shown only when it answers
+// the latest request, so what the page shows always belongs to the current image and run.
+let currentFile = null;
+let latestRequest = 0;
+
+function clearResult() {
+  byId("result").hidden = true;
+  const preview = byId("preview");
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+  preview.removeAttribute("src");
+  byId("heatmap").removeAttribute("src");
+}
+
 async function classify(file) {
-  showError("");
-  byId("status").textContent = `Classifying ${file.name}…`;
+  const request = ++latestRequest;
   const run = runs.find((candidate) => candidate.name === byId("run-select").value);
+  if (file !== currentFile) clearResult(); // The old image's result does not describe this one.
+  currentFile = file;
+  byId("result").setAttribute("aria-busy", "true");
+  showError("");
+  byId("status").textContent = `Classifying ${file.name}${run ? ` with ${run.name}` : ""}…`;
   const form = new FormData();
   form.append("image", file);
   if (run) {
     form.append("run", run.name);
     form.append("top_k", String(Math.min(TOP_K, run.class_names.length)));
   }
-  const response = await fetch("/api/predict", { method: "POST", body: form });
-  const result = await response.json();
+  let result = null;
+  let problem = null;
+  try {
+    const response = await fetch("/api/predict", { method: "POST", body: form });
+    result = await response.json();
+    if (!response.ok) problem = result.detail || `The server answered ${response.status}.`;
+  } catch (error) {
+    problem = error.message;
+  }
+  if (request !== latestRequest) return; // A newer image or run was chosen meanwhile.
   byId("status").textContent = "";
-  if (!response.ok) {
-    showError(result.detail || `The server answered ${response.status}.`);
+  byId("result").removeAttribute("aria-busy");
+  if (problem !== null) {
+    // The previous image and prediction do not belong to this file: they go with it.
+    currentFile = null;
+    clearResult();
+    showError(`Could not classify ${file.name}: ${problem}`);
     return;
   }
   const preview = byId("preview");
-  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
-  preview.src = URL.createObjectURL(file);
-  showResult(result);
+  if (!preview.src) preview.src = URL.createObjectURL(file);
+  showResult(result, file);
 }
 
-function showResult(result) {
+function showResult(result, file) {
   const best = result.predictions[0];
   byId("predicted-class").textContent = best.class_name;
   byId("predicted-probability").textContent = `(${percent(best.probability)})`;
+  byId("result-run").textContent = result.run;
+  byId("result-file").textContent = file.name;
+  showConfidence(best.probability, runs.find((run) => run.name === result.run));
   byId("explained-class").textContent = result.explained_class;
   byId("heatmap").src = `data:image/png;base64,${result.heatmap_png}`;
   const bars = byId("bars");
@@ -105,17 +136,25 @@ function showResult(result) {
   byId("result").hidden = false;
 }
 
-function submit(file) {
-  classify(file).catch((error) => {
-    byId("status").textContent = "";
-    showError(`Could not classify ${file.name}: ${error.message}`);
-  });
+// Below twice chance (1 / number of classes) the top class is little better than a guess.
+function showConfidence(probability, run) {
+  const note = byId("low-confidence");
+  const chance = run ? 1 / run.class_names.length : null;
+  note.hidden = chance === null || probability >= 2 * chance;
+  note.textContent = note.hidden
+    ? ""
+    : `Low confidence: chance is ${Number((100 * chance).toFixed(1))}%.`;
 }
 
-function setUpDropZone() {
+function setUpInputs() {
   const zone = byId("drop-zone");
   const input = byId("file-input");
-  input.addEventListener("change", () => input.files[0] && submit(input.files[0]));
+  input.addEventListener("change", () => {
+    if (input.files[0]) classify(input.files[0]);
+    input.value = ""; // Choosing the same file again, after a fix or a failure, sends it again.
+  });
+  // A new run classifies the image on show again, so the result always names the chosen run.
+  byId("run-select").addEventListener("change", () => currentFile && classify(currentFile));
   for (const type of ["dragenter", "dragover"]) {
     zone.addEventListener(type, (event) => {
       event.preventDefault();
@@ -128,9 +167,9 @@ function setUpDropZone() {
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     const file = event.dataTransfer.files[0];
-    if (file) submit(file);
+    if (file) classify(file);
   });
 }
 
-setUpDropZone();
+setUpInputs();
 loadRuns().catch((error) => showError(`Could not list the runs: ${error}`));

@@ -1,0 +1,18 @@
+"""A user's own network, as `--model tests.custom_models:small_network` names it."""
+
+from __future__ import annotations
+
+import keras
+
+
+def small_network(config, input_shape, num_classes) -> keras.Model:
+    """A tiny CNN with a global-average-pooling head: no layer named like cifarlab's own."""
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(16, 3, padding="same")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="small_network")
