@@ -90,9 +90,9 @@ EOF
 fi
 
 "$PYTHON" -c "import keras; from cifarlab import environment as e; \
-print(e.hardware_summary(e.describe(e.resolve_precision('auto'))))"
+print(e.hardware_summary(e.record(e.resolve_precision('auto'))))"
 started=$(date +%s)
-for experiment in baseline augmented batchnorm; do
+for experiment in baseline augmented batchnorm modern; do
     "$PYTHON" -m cifarlab.cli train "$experiment" --data "$DATA" --epochs "$EPOCHS" \
         --out "$WORK/runs/$experiment" --overwrite --quiet > "$WORK/$experiment.log" 2>&1 \
         || { tail -20 "$WORK/$experiment.log"; exit 1; }

@@ -43,6 +43,12 @@ def fit(config: Config, dataset: Dataset) -> dict:
     `seconds` is `training.EpochTimer`'s, as in cifarlab's runs: training and validation,
     not the checkpoint written after them.
     """
+    augmentation = config.augmentation
+    if config.model or augmentation.crop_padding or augmentation.cutout:
+        raise ValueError(
+            f"The notebook's way trains only its own network with ImageDataGenerator's rotation, "
+            f"shift and flip; {config.name} needs more, so time it with cifarlab alone."
+        )
     # This also seeds NumPy's global generator, which ImageDataGenerator draws from.
     keras.utils.set_random_seed(config.seed)
     model = models.build_model(config, dataset.num_classes)

@@ -62,15 +62,15 @@ def main() -> None:
         config = configs.override(
             configs.experiment(name), epochs=epochs, seed=args.seed, precision=args.precision
         )
-        ours_notebook = harness.EpochTimes.of(
+        reference = harness.EpochTimes.of(
             harness.timed_epochs(notebook.fit(config, dataset)["seconds"])
         )
-        print(f"{name:<10} notebook {ours_notebook} s per epoch", flush=True)
+        print(f"{name:<10} notebook {reference} s per epoch", flush=True)
         ours = harness.EpochTimes.of(
             harness.timed_epochs(harness.cifarlab_history(config, dataset)["seconds"])
         )
         print(f"{name:<10} cifarlab {ours} s per epoch", flush=True)
-        speeds.append((name, ours_notebook, ours))
+        speeds.append((name, reference, ours))
         if not args.skip_compute:
             train_seconds, val_seconds = compute_seconds(config, dataset)
             print(f"{name:<10} pure compute {train_seconds:.1f} s train + {val_seconds:.1f} s "

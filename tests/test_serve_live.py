@@ -97,9 +97,10 @@ def server(trained_run, diagnosed_run, tmp_path_factory):
     process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def browser():
-    """Debian's Chromium, driven by Playwright, shared by this module's browser tests."""
+    """Debian's Chromium, driven by Playwright. One per test: Playwright's sync API keeps an
+    event loop running while it is open, and the load test needs `asyncio.run`."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (see .ci/run)")
     from playwright.sync_api import sync_playwright

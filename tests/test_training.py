@@ -162,7 +162,7 @@ def test_a_run_killed_in_epoch_2_resumes_from_the_state_saved_at_the_end_of_epoc
     # evaluating it on the validation images gives the lowest validation loss of the history.
     best = min(range(4), key=lambda index: rows[index]["val_loss"])
     assert metrics["best_epoch"] == best + 1
-    assert metrics["val"]["loss"] == pytest.approx(rows[best]["val_loss"], rel=1e-4)
+    assert metrics["val"]["loss"] == pytest.approx(rows[best]["val_loss"], rel=1e-3, abs=1e-5)
 
 
 def test_a_backup_torn_by_a_kill_is_repaired_not_fatal(tmp_path):
