@@ -28,8 +28,6 @@ import csv
 import html
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ import numpy as np
 
 from cifarlab.config import Config, describe_differences
 from cifarlab.errors import UserError
+from cifarlab.files import atomic_path
 
 # One run.
 CONFIG = "config.json"
@@ -81,21 +80,6 @@ SWEEP_TXT = "sweep.txt"
 
 
 # Writing: every file that marks progress or holds results appears whole or not at all.
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A private temporary path beside `path`, renamed onto it once the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(handle)
-    try:
-        yield Path(partial)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarlab.data import safe_files
+from cifarlab.files import atomic_path
 
 
 def directory() -> Path:
@@ -80,12 +80,5 @@ def extracted(archive: Path) -> Path:
 
 def save_atomically(path: Path, **named_arrays: np.ndarray) -> None:
     """Write an `.npz` so that a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **named_arrays)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with atomic_path(path) as partial, open(partial, "wb") as file:
+        np.savez(file, **named_arrays)

@@ -1,0 +1,33 @@
+"""Writing files so that they appear whole or not at all: what a kill or a full disk leaves is
+either the old file or the new one, never half of one, and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A private temporary path beside `path`, renamed onto it once the block succeeds.
+
+    The file gets the permissions a plainly created one would (0666 less the umask), not
+    `mkstemp`'s owner-only 0600, so shared run folders stay readable.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)
+    try:
+        yield Path(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
