@@ -75,6 +75,9 @@ def shoot_page(browser, base_url: str, image: Path) -> list[Path]:
     return written
 
 
+REPORT_HEIGHT = 2400  # Pixels of the report shown, from its top.
+
+
 def shoot_report(browser, report: Path) -> list[Path]:
     written = []
     for label, (width, height) in WIDTHS.items():
@@ -82,7 +85,9 @@ def shoot_report(browser, report: Path) -> list[Path]:
         page.goto(report.resolve().as_uri())
         page.wait_for_load_state("networkidle")
         path = DOCS / f"report-{label}.png"
-        page.screenshot(path=path, full_page=True)
+        # The top of the report (context, results, diagnosis): the whole page is 14,000 px long.
+        page.screenshot(path=path, full_page=True,
+                        clip={"x": 0, "y": 0, "width": width, "height": REPORT_HEIGHT})  # fmt: skip
         page.close()
         written.append(path)
     return written

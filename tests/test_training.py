@@ -123,23 +123,34 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-def test_a_run_killed_in_epoch_2_resumes_from_the_state_saved_at_the_end_of_epoch_1(tmp_path):
-    # 1,000 images at batch 8: an epoch takes seconds, so a kill within 20 ms of the backup of
-    # epoch 1 lands in epoch 2.
+def kill_in_epoch_2(tmp_path, epochs: int) -> tuple[list[str], dict]:
+    """Start `cifarlab train` and `kill -9` it just after it backed up epoch 1; return the
+    command's arguments and environment, to run it again.
+
+    1,000 images at batch 8: an epoch takes seconds, so a kill within 20 ms of the backup of
+    epoch 1 lands in epoch 2.
+    """
     archive = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_class=100)
     out = tmp_path / "run"
-    arguments = ["train", "baseline", "--data", str(archive), "--epochs", "4", "--batch-size",
-                 "8", "--out", str(out), "--quiet", "--precision", "float32"]  # fmt: skip
+    arguments = ["train", "baseline", "--data", str(archive), "--epochs", str(epochs),
+                 "--batch-size", "8", "--out", str(out), "--quiet",
+                 "--precision", "float32"]  # fmt: skip
     environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     process = subprocess.Popen([sys.executable, "-m", "cifarlab.cli", *arguments],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=environment)  # fmt: skip
-    metadata = out / "backup" / "training_metadata.json"
     deadline = time.monotonic() + 600
-    while not metadata.is_file() and time.monotonic() < deadline:
+    while not (out / "backup" / "training_metadata.json").is_file():
+        assert time.monotonic() < deadline, "epoch 1 never finished"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    return arguments, environment
+
+
+def test_a_run_killed_in_epoch_2_resumes_from_the_state_saved_at_the_end_of_epoch_1(tmp_path):
+    arguments, environment = kill_in_epoch_2(tmp_path, epochs=4)
+    out = tmp_path / "run"
     assert len(read_history(out)) == 1 and not (out / "metrics.json").exists()
     # Epoch 1 is the best so far, so best.keras holds the end of epoch 1: weights and optimizer.
     end_of_epoch_1 = keras.models.load_model(out / "best.keras")
@@ -166,21 +177,9 @@ def test_a_run_killed_in_epoch_2_resumes_from_the_state_saved_at_the_end_of_epoc
 
 
 def test_a_backup_torn_by_a_kill_is_repaired_not_fatal(tmp_path):
-    archive = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_class=100)
+    arguments, _ = kill_in_epoch_2(tmp_path, epochs=3)
     out = tmp_path / "run"
-    arguments = ["train", "baseline", "--data", str(archive), "--epochs", "3", "--batch-size",
-                 "8", "--out", str(out), "--quiet", "--precision", "float32"]  # fmt: skip
-    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    process = subprocess.Popen([sys.executable, "-m", "cifarlab.cli", *arguments],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=environment)  # fmt: skip
     weights = out / "backup" / "latest.weights.h5"
-    deadline = time.monotonic() + 600
-    while not (out / "backup" / "training_metadata.json").is_file():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
     # As a kill in the middle of Keras's first save leaves it: half the weights, no epoch number.
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     (out / "backup" / "training_metadata.json").unlink()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -99,6 +100,8 @@ def compare(histories: dict[str, list[dict]], metric: str, path: Path) -> Path:
     if metric == "loss":
         # A log axis keeps every run readable when one diverges to losses many times the rest.
         axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
         label += " (log scale)"
     axis.set(xlabel="Epoch", ylabel=label, title=f"{label}: all runs")
     axis.xaxis.get_major_locator().set_params(integer=True)
