@@ -52,6 +52,10 @@ def test_run_folder_has_the_contract_files(runs, name):
     assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(header)
     assert "Total params" in (folder / "summary.txt").read_text()
     assert json.loads((folder / "config.json").read_text())["name"] == name
+    environment = json.loads((folder / "environment.json").read_text())
+    # --precision auto: the precision chosen, and why, are recorded with the run.
+    assert environment["precision"] in ("float32", "bfloat16")
+    assert environment["precision_reason"].startswith("auto: a ")
 
 
 def test_best_checkpoint_reloads_and_predicts_identically(runs, tiny_archive):

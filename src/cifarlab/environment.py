@@ -31,16 +31,23 @@ def dtype_policy(precision: str) -> str | None:
 
 def resolve_precision(requested: str) -> str:
     """`requested` itself, or for "auto" the fastest precision this machine trains well in."""
+    return choose_precision(requested)[0]
+
+
+def choose_precision(requested: str) -> tuple[str, str]:
+    """The precision to train in and why, in words, for the run's record and report."""
     if requested != "auto":
         dtype_policy(requested)
-        return requested
+        return requested, "as asked"
     if gpu_name() is not None:
-        return "bfloat16" if _gpu_supports_bfloat16() else "float32"
+        if _gpu_supports_bfloat16():
+            return "bfloat16", "auto: a GPU with fast bfloat16"
+        return "float32", "auto: a GPU without fast bfloat16"
     if keras.backend.backend() != "tensorflow":
-        return "float32"
+        return "float32", f"auto: a CPU under {keras.backend.backend()}"
     if "amx_bf16" in cpu_flags():
-        return "bfloat16"
-    return "float32"
+        return "bfloat16", "auto: a CPU with AMX bfloat16 tiles"
+    return "float32", "auto: a CPU without AMX, where bfloat16 measured slower"
 
 
 @functools.cache
@@ -102,7 +109,7 @@ def _gpu_supports_bfloat16() -> bool:
     return True  # JAX's GPU builds target compute capability 8 and later (Ampere, Hopper).
 
 
-def record(precision: str) -> dict:
+def record(precision: str, reason: str = "") -> dict:
     """A record of the software and hardware, written to every run folder."""
     versions = {}
     for package in ("keras", "tensorflow", "jax", "torch", "numpy", "scikit-learn"):
@@ -113,6 +120,7 @@ def record(precision: str) -> dict:
     return {
         "backend": keras.backend.backend(),
         "precision": precision,
+        "precision_reason": reason,
         "versions": {"python": platform.python_version(), **versions},
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),

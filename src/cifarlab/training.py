@@ -49,14 +49,14 @@ def train_and_evaluate(
     with run_folder.exclusive(run_dir):
         prepare_folder(config, run_dir, overwrite)
         keras.utils.set_random_seed(config.seed)
-        precision = environment.resolve_precision(config.precision)
+        precision, reason = environment.choose_precision(config.precision)
         model = models.build_model(config, data.num_classes, environment.dtype_policy(precision))
         steps = input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
         models.compile_model(model, config, steps, steps_per_execution())
         run_folder.write_json(run_dir / run_folder.CONFIG, config.to_dict())
         run_folder.write_json(
             run_dir / run_folder.ENVIRONMENT,
-            {**environment.record(precision), "data": data.source},
+            {**environment.record(precision, reason), "data": data.source},
         )
         run_folder.write_text(run_dir / run_folder.MODEL_SUMMARY, models.summary(model))
         initial_epoch = _resume_epoch(run_dir, config)

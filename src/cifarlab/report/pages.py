@@ -131,6 +131,7 @@ def hardware_line(environment: dict) -> str:
     return (
         f"{device}, {environment.get('platform', '')}; backend {environment.get('backend')}, "
         f"precision {environment.get('precision')}"
+        + (f" ({environment['precision_reason']})" if environment.get("precision_reason") else "")
     )
 
 
