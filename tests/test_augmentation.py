@@ -91,3 +91,22 @@ def test_cutout_zeroes_one_square_per_image():
     for mask in zeroed:
         rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         assert mask[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1].all()
+
+
+def test_each_epochs_order_depends_only_on_seed_and_epoch():
+    from cifarlab import input_pipeline
+
+    labels = np.arange(40) % 10
+    pixels = np.arange(40, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
+    plain = Augmentation()
+
+    def epochs(first: int) -> list[np.ndarray]:
+        stream = input_pipeline.training_batches(pixels, labels, 10, 40, plain, 7, first, 4)
+        return [np.asarray(images)[:, 0, 0, 0] for images, _ in stream]  # One batch per epoch.
+
+    # A run resumed at epoch 2 sees the batches an uninterrupted run sees in epochs 2 and 3.
+    uninterrupted, resumed = epochs(0), epochs(2)
+    assert len(uninterrupted) == 4 and len(resumed) == 2
+    for index, order in enumerate(resumed, start=2):
+        np.testing.assert_array_almost_equal(order, uninterrupted[index])
+    assert not np.array_equal(uninterrupted[0], uninterrupted[1])  # Reshuffled every epoch.

@@ -180,3 +180,14 @@ def test_interrupted_study_resumes_without_retraining_finished_runs(
     assert len((tmp_path / "augmented" / "history.csv").read_text().splitlines()) == 1 + 2
     with open(tmp_path / "results.csv", newline="") as file:
         assert [row["experiment"] for row in csv.DictReader(file)] == list(EXPERIMENTS)
+
+
+def test_the_report_reads_well_on_a_phone_and_states_its_thresholds(study_folder):
+    page = (study_folder / "report.html").read_text()
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert page.count('<div class="table-scroll">') >= 2  # Results and diagnosis tables.
+    # The underfitting rule prints its threshold itself, then how it is made.
+    markdown = (study_folder / "report.md").read_text()
+    assert "at or above 1.151 (0.5 × the chance loss ln(10) = 2.303)" in markdown
+    # The two train losses are told apart: inference-mode scores vs training-mode curves.
+    assert "batch normalization using its running averages" in markdown
