@@ -129,10 +129,12 @@ def experiment_configs(options: StudyOptions, data: Dataset | None = None) -> li
     """The study's experiments with its shared overrides; names must be distinct."""
     from cifarlab import experiments
 
+    # The file is read once; its experiments are then resolved as configs, built-ins by name.
+    declared = experiments.load_file(options.experiments_file) if options.experiments_file else {}
     if options.experiments:
         names = [name.strip() for name in options.experiments if name.strip()]
-    elif options.experiments_file:
-        names = list(experiments.load_file(options.experiments_file))
+    elif declared:
+        names = list(declared)
     else:
         names = list(DEFAULT_EXPERIMENTS)
     if not names:
@@ -143,8 +145,7 @@ def experiment_configs(options: StudyOptions, data: Dataset | None = None) -> li
         settings = {"seed": options.seed, **options.data_settings}
     study_configs = [
         experiments.resolve(
-            name,
-            options.experiments_file,
+            declared.get(name, name),
             epochs=options.epochs,
             precision=options.precision,
             model=options.model,
