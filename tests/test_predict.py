@@ -132,3 +132,44 @@ def test_cli_says_so_when_a_folder_has_no_images(trained_run, tmp_path, capsys):
 def test_cli_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path), str(tmp_path)]) == 2
     assert "neither a trained run folder nor a .keras model file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def flip_run(tiny_archive, tmp_path_factory):
+    """A run whose config asks for flip test-time augmentation, as `modern`'s does."""
+    from cifarlab import config, training
+    from cifarlab.data import dataset
+
+    run_config = config.override(
+        config.experiment("baseline"), epochs=1, precision="float32", test_time_flip=True
+    )
+    run_dir = tmp_path_factory.mktemp("runs") / "flip"
+    training.train_and_evaluate(
+        run_config, run_dir, dataset.load_for(run_config, tiny_archive), quiet=True
+    )
+    return run_dir
+
+
+def test_predict_and_serve_average_with_the_mirror_image_when_the_run_does(flip_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cifarlab.serve import app as serve_app
+
+    pixels = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "exact.png")
+    model = keras.models.load_model(flip_run / "best.keras")
+    plain, mirrored = model.predict(np.stack([pixels, pixels[:, ::-1]]) / 255.0, verbose=0)
+    assert np.abs(plain - mirrored).max() > 1e-4  # Otherwise the check below proves nothing.
+    expected = dict(zip(CIFAR10_CLASSES, (plain + mirrored) / 2, strict=True))
+
+    [result] = prediction.predict(flip_run, [tmp_path / "exact.png"], top_k=10)
+    np.testing.assert_allclose(
+        result.probabilities, [expected[name] for name in result.classes], atol=1e-5
+    )
+    with TestClient(serve_app.create_app([flip_run])) as client:
+        files = {"image": ("exact.png", (tmp_path / "exact.png").read_bytes(), "image/png")}
+        served = client.post("/api/predict", files=files, data={"top_k": "10"}).json()
+    assert [entry["class_name"] for entry in served["predictions"]] == result.classes
+    np.testing.assert_allclose([entry["probability"] for entry in served["predictions"]],
+                               result.probabilities, atol=1e-5)  # fmt: skip
+    assert served["explained_class"] == result.classes[0]

@@ -189,3 +189,42 @@ def test_a_backup_torn_by_a_kill_is_repaired_not_fatal(tmp_path):
     (out / "backup" / "training_metadata.json").unlink()
     assert cli.main(arguments) == 0
     assert [row["epoch"] for row in read_history(out)] == [0, 1, 2]
+
+
+def stops_early(losses: list[float], patience: int) -> bool:
+    """Keras's rule: `patience` epochs in a row without a new lowest validation loss."""
+    return len(losses) > patience and min(losses[-patience:]) >= min(losses[:-patience])
+
+
+def test_early_stopping_stops_by_keras_rule_and_a_rerun_evaluates_without_retraining(
+    tiny_archive, tmp_path, capsys
+):
+    experiments = tmp_path / "impatient.toml"
+    experiments.write_text(
+        '[experiments.impatient]\nbase = "baseline"\nearly_stopping_patience = 1\n'
+        "learning_rate = 0.01\n"
+    )
+    out = tmp_path / "run"
+    arguments = ["train", "impatient", "--experiments", str(experiments), "--data",
+                 str(tiny_archive), "--epochs", "12", "--out", str(out), "--quiet"]  # fmt: skip
+    assert cli.main(arguments) == 0
+    losses = [row["val_loss"] for row in read_history(out)]
+    assert len(losses) < 12, "a learning rate this high should stop early on 64 images"
+    assert stops_early(losses, 1)
+    assert not any(stops_early(losses[:end], 1) for end in range(1, len(losses)))
+
+    # A kill while evaluating leaves the history without metrics: the rerun only evaluates.
+    (out / "metrics.json").unlink()
+    assert cli.main(arguments) == 0
+    assert [row["val_loss"] for row in read_history(out)] == losses
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == len(losses)
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_one_sentence(tiny_archive, tmp_path, capsys):
+    out = tmp_path / "run"
+    arguments = ["train", "baseline", "--data", str(tiny_archive), "--epochs", "3",
+                 "--learning-rate", "1e12", "--out", str(out), "--quiet"]  # fmt: skip
+    assert cli.main(arguments) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("cifarlab: Training loss became NaN") and "Traceback" not in error
+    assert len(read_history(out)) == 1 and not (out / "metrics.json").exists()

@@ -29,6 +29,7 @@ from cifarlab.errors import UserError
 Builder = Callable[[Config, tuple[int, int, int], int], keras.Model]
 ONECYCLE_WARMUP = 0.25  # Share of the steps over which the one-cycle schedule warms up.
 SGD_MOMENTUM = 0.9  # Nesterov momentum of the sgd optimizer.
+CLASSIFIER_SCALE = 0.125  # residual_network's features scaled before its classifier (Page, 2018).
 
 
 def build_model(
@@ -152,6 +153,9 @@ def residual_network(
     x = keras.layers.GlobalMaxPooling2D(name="features")(x)
     if config.dropout:
         x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    # Maxima of normalized maps are large: unscaled, the first logits give a loss near 7, not
+    # ln 10, and the classifier outpaces the network at a high learning rate.
+    x = keras.layers.Rescaling(CLASSIFIER_SCALE, name="scaled_features")(x)
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", name="predictions", dtype="float32"
     )(x)

@@ -28,17 +28,24 @@ DECODE_THREADS = 8  # Pillow releases the GIL while decoding, so threads overlap
 
 @dataclass
 class Classifier:
-    """A trained model with what it takes to use it: its class names and input size."""
+    """A trained model with what it takes to use it: its class names, its input size, and
+    whether its run averages each image's prediction with its mirror image's (as `modern` does
+    in evaluation, so predictions match the reported accuracy)."""
 
     model: keras.Model
     class_names: tuple[str, ...]
     name: str
     run_dir: Path | None = None
     metrics: dict = field(default_factory=dict)
+    test_time_flip: bool = False
 
     @property
     def image_size(self) -> int:
         return int(self.model.input_shape[1])
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) for uint8 images, exactly as evaluation computes."""
+        return evaluation.predict_probabilities(self.model, images, self.test_time_flip)
 
 
 @dataclass
@@ -78,7 +85,8 @@ def load_classifier(source: str | Path) -> Classifier:
     metrics = run_folder.read_metrics(run_dir)
     names = class_names(metrics, int(model.output_shape[-1]))
     name = run_dir.name if source.is_dir() else source.stem
-    return Classifier(model, names, name, run_dir, metrics)
+    flip = run_folder.holds_config(run_dir) and run_folder.read_config(run_dir).test_time_flip
+    return Classifier(model, names, name, run_dir, metrics, flip)
 
 
 def class_names(metrics: dict, num_classes: int) -> tuple[str, ...]:
@@ -139,9 +147,7 @@ def _classify(classifier: Classifier, paths, top_k: int):
             good = [pixels for pixels in decoded if not isinstance(pixels, str)]
             if good:
                 stacked = np.stack(good)
-                all_probabilities = iter(
-                    evaluation.predict_probabilities(classifier.model, stacked)
-                )
+                all_probabilities = iter(classifier.probabilities(stacked))
             for path, pixels in zip(chunk, decoded, strict=True):
                 if isinstance(pixels, str):
                     yield Prediction(str(path), error=pixels), None, None

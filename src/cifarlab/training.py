@@ -1,7 +1,8 @@
 """The notebook's steps E, F and H: train one experiment into a run folder, resumably.
 
 `train_and_evaluate` trains with Keras's stock callbacks (checkpoint of the lowest validation
-loss, CSV history, BackupAndRestore, TerminateOnNaN), then evaluates the best checkpoint. The
+loss, CSV history, BackupAndRestore, TerminateOnNaN, and EarlyStopping when the config asks
+for it), then evaluates the best checkpoint. The
 run folder's files are `cifarlab.run_folder`'s; rerunning the same command continues an
 interrupted run from its last finished epoch.
 
@@ -11,8 +12,10 @@ interrupted run from its last finished epoch.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -39,11 +42,13 @@ def train_and_evaluate(
     overwrite: bool = False,
     quiet: bool = False,
     tensorboard: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict:
     """Train `config` on `data` into `run_dir`, evaluate the best checkpoint, return its metrics.
 
     A second process writing the same folder is refused at once; a finished run is refused
-    unless `overwrite`, and a folder of another config always.
+    unless `overwrite`, and a folder of another config always. `callbacks` are Keras callbacks
+    of your own, run after the stock ones (checkpoint, history, backup) at every epoch.
     """
     run_dir = Path(run_dir)
     with run_folder.exclusive(run_dir):
@@ -62,13 +67,13 @@ def train_and_evaluate(
         initial_epoch = _resume_epoch(run_dir, config)
         rows = run_folder.read_history(run_dir)[:initial_epoch]
         run_folder.write_history(run_dir, rows)
-        if initial_epoch < config.epochs:
-            best_so_far = min((row["val_loss"] for row in rows), default=None)
-            if _fit(model, config, data, run_dir, initial_epoch, best_so_far, quiet, tensorboard):
-                raise RunError(
-                    f"Training loss became NaN in {run_dir}; the best checkpoint so far is kept "
-                    f"in {run_folder.BEST_MODEL}. Try a lower --learning-rate."
-                )
+        if not _done(rows, config) and _fit(
+            model, config, data, run_dir, rows, quiet, tensorboard, callbacks
+        ):
+            raise RunError(
+                f"Training loss became NaN in {run_dir}; the best checkpoint so far is kept "
+                f"in {run_folder.BEST_MODEL}. Try a lower --learning-rate."
+            )
         return evaluation.evaluate_run(run_dir, data)
 
 
@@ -90,8 +95,11 @@ def prepare_folder(config: Config, run_dir: Path, overwrite: bool) -> None:
         raise UserError(f"{run_dir} holds a finished run; pass --overwrite to train it again.")
 
 
-def _fit(model, config, data, run_dir, first_epoch, best_so_far, quiet, tensorboard) -> bool:
-    """Fit with the stock callbacks; True if training stopped because the loss became NaN."""
+def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks) -> bool:
+    """Fit with the stock callbacks after the epochs in `rows`; True if training stopped because
+    the loss became NaN."""
+    first_epoch = len(rows)
+    best_so_far = min((row["val_loss"] for row in rows), default=None)
     checkpoint = keras.callbacks.ModelCheckpoint(
         run_dir / run_folder.BEST_MODEL,
         monitor="val_loss",
@@ -105,8 +113,11 @@ def _fit(model, config, data, run_dir, first_epoch, best_so_far, quiet, tensorbo
         keras.callbacks.BackupAndRestore(run_dir / run_folder.BACKUP, double_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStopping(config.early_stopping_patience, rows))
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
+    callbacks.extend(extra_callbacks)
     train = input_pipeline.training_batches(
         data.x_train, data.y_train, data.num_classes, config.batch_size,
         config.augmentation, config.seed, first_epoch, config.epochs,
@@ -116,7 +127,7 @@ def _fit(model, config, data, run_dir, first_epoch, best_so_far, quiet, tensorbo
     steps = None if isinstance(train, keras.utils.PyDataset) else (
         input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
     )  # fmt: skip
-    model.fit(
+    history = model.fit(
         train,
         epochs=config.epochs,
         steps_per_epoch=steps,
@@ -125,8 +136,8 @@ def _fit(model, config, data, run_dir, first_epoch, best_so_far, quiet, tensorbo
         shuffle=False,  # The batches are shuffled by the input pipeline itself.
         verbose=2 if quiet else 1,
     )
-    # TerminateOnNaN is the only callback here that stops training early.
-    return bool(model.stop_training)
+    losses = history.history.get("loss", [])
+    return bool(losses) and not math.isfinite(losses[-1])  # What TerminateOnNaN stopped on.
 
 
 def _resume_epoch(run_dir: Path, config: Config) -> int:
@@ -135,9 +146,19 @@ def _resume_epoch(run_dir: Path, config: Config) -> int:
     metadata = run_dir / run_folder.BACKUP / _BACKUP_METADATA
     if metadata.is_file():
         return int(run_folder.read_json(metadata)["epoch"])
-    finished = len(run_folder.read_history(run_dir))
-    trained = finished >= config.epochs and (run_dir / run_folder.BEST_MODEL).is_file()
-    return config.epochs if trained else 0
+    rows = run_folder.read_history(run_dir)
+    trained = _done(rows, config) and (run_dir / run_folder.BEST_MODEL).is_file()
+    return len(rows) if trained else 0
+
+
+def _done(rows: list[dict], config: Config) -> bool:
+    """True if training is over after the epochs in `rows`: all of them were run, or early
+    stopping ended it (`patience` epochs without a new lowest validation loss)."""
+    patience = config.early_stopping_patience
+    if len(rows) >= config.epochs:
+        return True
+    losses = [row["val_loss"] for row in rows]
+    return 0 < patience < len(losses) and min(losses[-patience:]) >= min(losses[:-patience])
 
 
 def _repair_backup(backup: Path) -> None:
@@ -168,6 +189,21 @@ def _readable_backup(weights: Path, metadata: Path) -> bool:
             return True
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's early stopping on the validation loss, counting the epochs an interrupted run
+    already ran, so a resumed run stops where an uninterrupted one would."""
+
+    def __init__(self, patience: int, rows: list[dict]):
+        super().__init__(monitor="val_loss", patience=patience)
+        self.losses = [row["val_loss"] for row in rows]
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.losses:
+            best = self.losses.index(min(self.losses))  # Keras keeps the first of equal values.
+            self.best, self.wait = self.losses[best], len(self.losses) - 1 - best
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -152,7 +152,8 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
             raise HTTPException(422, f"top_k must lie between 1 and {len(classes)} for this run.")
         pixels = _decode_upload(image, served.classifier.image_size)
         with served.lock:
-            probabilities, heat_maps = served.explainer(pixels[None])
+            probabilities = served.classifier.probabilities(pixels[None])
+            _, heat_maps = served.explainer(pixels[None], probabilities.argmax(axis=1))
         top = prediction.top_classes("upload", probabilities[0], served.classifier, top_k)
         picture = grad_cam.overlay(pixels, heat_maps[0])
         pairs = zip(top.classes, top.probabilities, strict=True)
