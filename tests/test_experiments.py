@@ -148,6 +148,27 @@ def test_grad_cam_and_features_find_their_layers_by_inspection():
     notebook = models.build_model(config.BATCHNORM)
     assert models.last_conv_layer(notebook).name == "block2_conv2"
     assert models.feature_extractor(notebook).output.shape[-1] == 512
+    # The residual network's last map is the sum of its shortcut and its last convolutions.
+    modern = models.build_model(config.MODERN)
+    assert models.last_conv_layer(modern).name == "block3_add"
+    assert models.feature_extractor(modern).output.shape[-1] == config.MODERN.filters[-1]
+
+
+def test_the_built_in_modern_recipe_trains_and_explains_on_tiny_data(tiny_archive, tmp_path):
+    out = tmp_path / "modern"
+    arguments = ["train", "modern", "--data", str(tiny_archive), "--out", str(out),
+                 "--epochs", "2", "--quiet", "--precision", "float32"]  # fmt: skip
+    assert cli.main(arguments) == 0
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["model"] == "cifarlab.models:residual_network" and stored["test_time_flip"]
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+
+    image = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (30, 200, 30)).save(image)
+    assert cli.main(["predict", str(out), str(image), "--explain", str(tmp_path / "maps")]) == 0
+    assert (tmp_path / "maps" / "photo.gradcam.png").is_file()
 
 
 def test_the_notebooks_three_keep_their_settings_and_parameter_counts():
