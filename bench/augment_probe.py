@@ -23,11 +23,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import harness  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import harness  # noqa: E402
 from cifarlab import augmentation, input_pipeline, models, training  # noqa: E402
 from cifarlab import config as configs  # noqa: E402
 from cifarlab.data import dataset as data  # noqa: E402
@@ -114,7 +114,7 @@ def main() -> None:
     for round_number in range(1, args.rounds + 1):
         for way in args.ways:
             seconds[way] += epoch_seconds(way, config, dataset, args.epochs)
-            print(f"round {round_number} {way:8} {seconds[way][-args.epochs + 1:]}", flush=True)
+            print(f"round {round_number} {way:8} {seconds[way][-args.epochs + 1 :]}", flush=True)
     floor = harness.EpochTimes.of(seconds["none"]).median if "none" in seconds else None
     for way, values in seconds.items():
         times = harness.EpochTimes.of(values)
