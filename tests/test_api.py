@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -17,11 +18,19 @@ def test_every_public_name_resolves():
 
 def test_train_from_python_gives_a_run_to_inspect(tiny_archive, tmp_path):
     data = cifarlab.load_data(tiny_archive, seed=2)
-    run = cifarlab.train("C", data=data, epochs=2, out=tmp_path / "run", quiet=True)
+    seen = []
+    recorder = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append((epoch, logs["val_loss"]))
+    )
+    run = cifarlab.train(
+        "C", data=data, epochs=2, out=tmp_path / "run", quiet=True, callbacks=[recorder]
+    )
     assert run.config.name == "batchnorm" and run.config.seed == 2 and run.config.epochs == 2
     assert run.metrics["epochs_run"] == 2
     assert list(run.history["epoch"]) == [0, 1]
     assert np.all(np.isfinite(run.history["val_loss"]))
+    losses = run.history["val_loss"]
+    assert seen == [(epoch, pytest.approx(loss)) for epoch, loss in enumerate(losses)]
     assert isinstance(run.plot_curves(), Figure)
     assert "batchnorm" in repr(run) and "test accuracy" in repr(run)
     assert "<table>" in run._repr_html_()

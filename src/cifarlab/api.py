@@ -10,6 +10,7 @@ Nothing here keeps global state: every call says what it works on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from cifarlab import config as configs
@@ -49,6 +50,7 @@ def train(
     quiet: bool = False,
     tensorboard: bool = False,
     experiments_file: str | Path | None = None,
+    callbacks: Sequence[object] = (),
     **overrides: object,
 ) -> Run:
     """Train one experiment into the run folder `out` (default `runs/<name>`) and evaluate it.
@@ -56,7 +58,8 @@ def train(
     `overrides` replace config fields, e.g. `epochs=5, learning_rate=3e-3, seed=1`, or
     `model=build_fn` for your own network (see `experiment_config`). Without
     `data`, the dataset is loaded from `path` with the config's split settings. An interrupted
-    run in `out` resumes where it stopped.
+    run in `out` resumes where it stopped. `callbacks` are Keras callbacks of your own, called
+    after cifarlab's at every epoch.
     """
     from cifarlab import training
     from cifarlab.data import dataset
@@ -74,7 +77,7 @@ def train(
     if data is None:
         data = dataset.load_for(config, path, quiet=quiet)
     out = Path(out) if out is not None else Path("runs") / config.name
-    training.train_and_evaluate(config, out, data, overwrite, quiet, tensorboard)
+    training.train_and_evaluate(config, out, data, overwrite, quiet, tensorboard, callbacks)
     return Run(out)
 
 
