@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from cifarlab import augmentation, config, models
 
@@ -110,3 +111,15 @@ def test_rotation_and_shift_move_a_dot_within_their_ranges():
     assert rows.min() >= 10 and rows.max() <= 21 and columns.min() >= 10 and columns.max() <= 21
     centres = [np.argwhere(image.sum(axis=2) > 0.25).mean(axis=0) for image in moved]
     assert np.std(centres, axis=0).min() > 0.5  # Each image is shifted its own way.
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+@pytest.mark.parametrize("epochs, steps", [(1, 1), (2, 1), (16, 88)])
+def test_every_schedule_works_down_to_a_single_step(schedule, epochs, steps):
+    # One step in all: a run of one epoch on a handful of images, as tests and smoke runs do.
+    chosen = config.override(config.MODERN, schedule=schedule, epochs=epochs)
+    rate = models.learning_rate(chosen, steps)
+    values = [float(rate(step)) if callable(rate) else rate for step in range(epochs * steps + 1)]
+    assert all(np.isfinite(values)) and max(values) <= chosen.learning_rate * (1 + 1e-6)
+    if schedule == "onecycle":
+        assert values[0] < values[max(1, epochs * steps // 4)] or epochs * steps == 1

@@ -194,7 +194,7 @@ def learning_rate(config: Config, steps_per_epoch: int):
     if config.schedule == "onecycle":
         warmup = max(1, int(ONECYCLE_WARMUP * total))
         return keras.optimizers.schedules.CosineDecay(
-            config.learning_rate / 25, total - warmup, warmup_target=config.learning_rate,
+            config.learning_rate / 25, max(1, total - warmup), warmup_target=config.learning_rate,
             warmup_steps=warmup,
         )  # fmt: skip
     return config.learning_rate
