@@ -55,11 +55,18 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Class probabilities for uint8 images, in batches, as float32; with `test_time_flip` the
     mean of the predictions for each image and its mirror image."""
-    outputs = np.asarray(model.predict(input_pipeline.image_batches(images), verbose=0), np.float32)
+    outputs = _predict(model, images)
     if test_time_flip:
-        mirrored = model.predict(input_pipeline.image_batches(images[:, :, ::-1]), verbose=0)
-        outputs = (outputs + np.asarray(mirrored, np.float32)) / 2
+        outputs = (outputs + _predict(model, images[:, :, ::-1])) / 2
     return outputs
+
+
+def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """One compiled call for what fits in one batch (an upload to `serve`: `predict` would build
+    a new input pipeline per request, measured 2.7x slower); batches streamed otherwise."""
+    if len(images) <= input_pipeline.EVAL_BATCH_SIZE:
+        return np.asarray(model.predict_on_batch(input_pipeline.scale(images)), np.float32)
+    return np.asarray(model.predict(input_pipeline.image_batches(images), verbose=0), np.float32)
 
 
 def loss_and_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> dict:
