@@ -2,9 +2,9 @@
 
 `train_and_evaluate` trains with Keras's stock callbacks (checkpoint of the lowest validation
 loss, CSV history, BackupAndRestore, TerminateOnNaN, and EarlyStopping when the config asks
-for it), then evaluates the best checkpoint. The
-run folder's files are `cifarlab.run_folder`'s; rerunning the same command continues an
-interrupted run from its last finished epoch.
+for it), then evaluates the best checkpoint. The run folder's files are
+`cifarlab.run_folder`'s; rerunning the same command continues an interrupted run from its last
+finished epoch.
 
     cifarlab train baseline --data cifar-10-python.tar.gz --out runs/baseline
 """
