@@ -6,9 +6,11 @@ import keras
 
 
 def small_network(config, input_shape, num_classes) -> keras.Model:
-    """A tiny CNN with a global-average-pooling head: no layer named like cifarlab's own."""
+    """A tiny CNN with a global-average-pooling head: no layer named like cifarlab's own; its
+    first layer standardizes pixels with statistics Keras's `adapt` learns from the images."""
     inputs = keras.Input(shape=input_shape)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Normalization(name="pixel_statistics")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
     x = keras.layers.MaxPooling2D(2)(x)
     x = keras.layers.Conv2D(16, 3, padding="same")(x)
     x = keras.layers.BatchNormalization()(x)

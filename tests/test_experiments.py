@@ -9,10 +9,12 @@ import sys
 from dataclasses import asdict
 
 import keras
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from cifarlab import cli, config, experiments, models
+from cifarlab.data import dataset
 from cifarlab.errors import UserError
 from cifarlab.scale import sweep
 from cifarlab.serve import app as serve_app
@@ -125,6 +127,12 @@ def test_your_own_model_trains_predicts_and_serves(tiny_archive, tmp_path):
         **asdict(config.BASELINE), "model": stored["model"], "augmentation": config.Augmentation()
     }), 10).count_params()  # fmt: skip
     assert "verdict" in metrics["diagnosis"]
+    # Its Normalization layer was adapted to the training images before the first step.
+    images = dataset.load_for(config.BASELINE, tiny_archive, quiet=True).x_train
+    adapted = keras.saving.load_model(out / "best.keras").get_layer("pixel_statistics").mean
+    np.testing.assert_allclose(
+        np.ravel(adapted), images[: models.ADAPT_SAMPLE].mean(axis=(0, 1, 2)) / 255, rtol=1e-4
+    )
     # Rerunning resumes nothing and retrains nothing: the same config, recorded hash included.
     assert cli.main(arguments) == 2  # A finished run is not redone unasked.
 
@@ -150,7 +158,7 @@ def test_grad_cam_and_features_find_their_layers_by_inspection():
     assert models.feature_extractor(notebook).output.shape[-1] == 512
     # The residual network's last map is the sum of its shortcut and its last convolutions.
     modern = models.build_model(config.MODERN)
-    assert models.last_conv_layer(modern).name == "block3_add"
+    assert models.last_conv_layer(modern).name == "block3_add2"
     assert models.feature_extractor(modern).output.shape[-1] == config.MODERN.filters[-1]
 
 
@@ -162,6 +170,10 @@ def test_the_built_in_modern_recipe_trains_and_explains_on_tiny_data(tiny_archiv
     stored = json.loads((out / "config.json").read_text())
     assert stored["model"] == "cifarlab.models:residual_network" and stored["test_time_flip"]
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+    # Training adapted the whitening layer to the images: its filters come in opposite pairs.
+    kernel = keras.saving.load_model(out / "best.keras").get_layer("whitening").kernel
+    kernel = keras.ops.convert_to_numpy(kernel)
+    assert np.allclose(kernel[..., 12:], -kernel[..., :12])
 
     image = tmp_path / "photo.png"
     from PIL import Image

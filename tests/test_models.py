@@ -123,3 +123,20 @@ def test_every_schedule_works_down_to_a_single_step(schedule, epochs, steps):
     assert all(np.isfinite(values)) and max(values) <= chosen.learning_rate * (1 + 1e-6)
     if schedule == "onecycle":
         assert values[0] < values[max(1, epochs * steps // 4)] or epochs * steps == 1
+
+
+def test_patch_whitening_decorrelates_the_patches_it_was_adapted_to():
+    # Blocky images, so neighbouring pixels and the colour channels are strongly correlated.
+    rng = np.random.default_rng(0)
+    coarse = rng.random((400, 8, 8, 1)) * 0.6 + rng.random((400, 8, 8, 3)) * 0.4
+    images = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2).astype("float32")
+    layer = models.PatchWhitening()
+    layer.adapt(images)
+    outputs = keras.ops.convert_to_numpy(layer(images)).reshape(-1, 24)
+    assert np.abs(outputs.mean(axis=0)).max() < 1e-3  # Centred on the images adapted to.
+    # Each filter is paired with its negative; the first twelve are the whitened directions.
+    covariance = np.cov(outputs[:, :12], rowvar=False)
+    np.testing.assert_allclose(outputs[:, 12:], -outputs[:, :12], atol=1e-5)
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 1e-3
+    # Unit variance along every direction whose variance dwarfs the regularizing epsilon.
+    assert 0.9 < covariance[-1, -1] <= 1.0 and np.all(np.diag(covariance) <= 1.0 + 1e-4)

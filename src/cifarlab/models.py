@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import keras
+import numpy as np
 
 from cifarlab.config import Config
 from cifarlab.errors import UserError
@@ -30,6 +31,7 @@ Builder = Callable[[Config, tuple[int, int, int], int], keras.Model]
 ONECYCLE_WARMUP = 0.25  # Share of the steps over which the one-cycle schedule warms up.
 SGD_MOMENTUM = 0.9  # Nesterov momentum of the sgd optimizer.
 CLASSIFIER_SCALE = 0.125  # residual_network's features scaled before its classifier (Page, 2018).
+ADAPT_SAMPLE = 5000  # Training images from which layers with `adapt` learn their statistics.
 
 
 def build_model(
@@ -128,28 +130,94 @@ def _dense_unit(x, units: int, batch_norm: bool, dtype_policy):
     return keras.layers.Activation("relu", name="features", dtype=dtype_policy)(x)
 
 
+@keras.saving.register_keras_serializable(package="cifarlab")
+class PatchWhitening(keras.layers.Layer):
+    """A fixed 2×2 convolution that whitens image patches (Page, 2018; Jordan, 2024): its
+    filters are the eigenvectors of the training images' patch covariance, each scaled by its
+    eigenvalue's inverse square root and paired with its negative, so the next layers see
+    decorrelated, unit-variance inputs from the first step. `adapt(images)` computes them, as
+    Keras's own `Normalization.adapt` does its statistics; only the bias is trained."""
+
+    def __init__(self, patch_size: int = 2, epsilon: float = 5e-4, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size, self.epsilon = patch_size, epsilon
+
+    def build(self, input_shape):
+        size, channels = self.patch_size, input_shape[-1]
+        filters = 2 * size * size * channels
+        self.kernel = self.add_weight(
+            name="kernel", shape=(size, size, channels, filters), initializer="glorot_uniform",
+            trainable=False,
+        )  # fmt: skip
+        self.bias = self.add_weight(name="bias", shape=(filters,), initializer="zeros")
+
+    def adapt(self, images: np.ndarray) -> None:
+        """Whiten for `images` (float, as the model sees them)."""
+        size = self.patch_size
+        images = np.asarray(images, dtype=np.float64)
+        if not self.built:
+            self.build(images.shape)
+        windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))
+        # (images, rows, columns, channels, size, size) -> one row per patch, laid out as the
+        # kernel's (size, size, channels) axes.
+        patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size * size * images.shape[-1])
+        mean = patches.mean(axis=0)
+        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(patches, rowvar=False))
+        filters = eigenvectors / np.sqrt(eigenvalues + self.epsilon)
+        filters = np.concatenate([filters, -filters], axis=1)
+        self.kernel.assign(filters.reshape(self.kernel.shape).astype("float32"))
+        self.bias.assign((-mean @ filters).astype("float32"))  # Centred on the training images.
+
+    def call(self, inputs):
+        outputs = keras.ops.conv(inputs, keras.ops.cast(self.kernel, inputs.dtype))
+        return outputs + keras.ops.cast(self.bias, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        size = self.patch_size
+        rows, columns = (None if n is None else n - size + 1 for n in input_shape[1:3])
+        return (input_shape[0], rows, columns, self.kernel.shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "epsilon": self.epsilon}
+
+
+def adapt(model: keras.Model, images: np.ndarray) -> None:
+    """Fit the layers that learn statistics of the training images (Keras's `adapt`, as
+    `PatchWhitening` and `Normalization` have) to `images`, a sample of them scaled as the
+    model sees them, before the first step."""
+    for layer in model.layers:
+        if hasattr(layer, "adapt"):
+            layer.adapt(images)
+
+
 def residual_network(
     config: Config, input_shape: tuple[int, int, int], num_classes: int
 ) -> keras.Model:
-    """A small ResNet for 32×32 images (the "ResNet-9" of fast CIFAR-10 training): a stem
-    convolution, then per entry of `filters` a convolution, max-pooling and, for the first and
-    last, a residual pair of convolutions; global max-pooling and a linear classifier."""
+    """A small residual network shaped for fast CIFAR-10 training (airbench, Jordan 2024): a
+    whitening layer, then per entry of `filters` a convolution, max-pooling, batch
+    normalization and ReLU, followed by `convs_per_block - 1` residual convolutions; global
+    max-pooling and a linear classifier. Pooling comes before normalization so that it and
+    the activation work on a quarter of the pixels."""
 
-    def unit(x, filters, name):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    def normalized(x, name):
+        x = keras.layers.BatchNormalization(momentum=0.9, scale=False, name=f"{name}_bn")(x)
         return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
+    def convolution(x, filters, name):
+        return keras.layers.Conv2D(filters, config.kernel_size, padding="same", use_bias=False,
+                                   name=name)(x)  # fmt: skip
+
     inputs = keras.Input(shape=input_shape, name="image")
-    x = unit(inputs, config.filters[0] // 2, "stem")
+    x = PatchWhitening(name="whitening")(inputs)
+    x = keras.layers.Activation("relu", name="whitening_relu")(x)
     for block, filters in enumerate(config.filters, start=1):
-        x = unit(x, filters, f"block{block}_conv")
+        x = convolution(x, filters, f"block{block}_conv1")
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-        if block in (1, len(config.filters)):
-            shortcut = x
-            x = unit(x, filters, f"block{block}_res1")
-            x = unit(x, filters, f"block{block}_res2")
-            x = keras.layers.Add(name=f"block{block}_add")([shortcut, x])
+        x = normalized(x, f"block{block}_conv1")
+        for index in range(2, config.convs_per_block + 1):
+            residual = normalized(convolution(x, filters, f"block{block}_conv{index}"),
+                                  f"block{block}_conv{index}")  # fmt: skip
+            x = keras.layers.Add(name=f"block{block}_add{index}")([x, residual])
     x = keras.layers.GlobalMaxPooling2D(name="features")(x)
     if config.dropout:
         x = keras.layers.Dropout(config.dropout, name="dropout")(x)

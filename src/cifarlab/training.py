@@ -56,6 +56,7 @@ def train_and_evaluate(
         keras.utils.set_random_seed(config.seed)
         precision, reason = environment.choose_precision(config.precision)
         model = models.build_model(config, data.num_classes, environment.dtype_policy(precision))
+        models.adapt(model, input_pipeline.scale(data.x_train[: models.ADAPT_SAMPLE]))
         steps = input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
         models.compile_model(model, config, steps, steps_per_execution())
         run_folder.write_json(run_dir / run_folder.CONFIG, config.to_dict())
