@@ -2,10 +2,13 @@
 
 Trains `modern` (cifarlab's residual network, SGD with Nesterov momentum on a one-cycle
 schedule, label smoothing, flip and pad-and-crop augmentation) through `cifarlab train`'s own
-code path into a run folder, and after every epoch measures test accuracy with flip test-time
-augmentation, printing the training time at which it first reaches `--target`. The clock
-counts training, validation and checkpointing, not loading the data nor the benchmark's own
-test evaluations. The run folder is a normal run: `cifarlab report` and `serve` read it.
+code path into a run folder, and after every epoch whose validation accuracy (no test-time
+augmentation) is within `NEAR` of `--target` measures test accuracy with the recipe's
+test-time augmentation, printing the training time at which it first reaches `--target`.
+Earlier epochs are not tested: with flips and shifts a test pass costs about 4 minutes here.
+The clock counts training, validation and checkpointing, not loading the data nor the
+benchmark's own test evaluations. The run folder is a normal run: `cifarlab report` and
+`serve` read it.
 
     python bench/modern.py --data ../shared/data/cifar10-jpeg.tar.gz
     python bench/modern.py --data cifar-10-python.tar.gz --epochs 16 --target 0.90
@@ -26,13 +29,17 @@ from cifarlab import config as configs  # noqa: E402
 from cifarlab import environment, evaluation, training  # noqa: E402
 from cifarlab.data import dataset as data  # noqa: E402
 
+NEAR = 0.03  # Test-time augmentation added 1.4 points in the 13-epoch run (88.4% -> 89.8%).
+
 
 class TestAccuracyClock(keras.callbacks.Callback):
-    """After each epoch: test accuracy (with flips) and training seconds so far."""
+    """After each epoch near the target: test accuracy (with the recipe's test-time
+    augmentation) and training seconds so far."""
 
-    def __init__(self, x_test, y_test, target: float):
+    def __init__(self, x_test, y_test, target: float, config: configs.Config):
         super().__init__()
         self.x_test, self.y_test, self.target = x_test, y_test, target
+        self.flip, self.shift = config.test_time_flip, config.test_time_shift
         self.reached: float | None = None
         self.excluded = 0.0
 
@@ -41,15 +48,20 @@ class TestAccuracyClock(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started - self.excluded
-        probabilities = evaluation.predict_probabilities(self.model, self.x_test, True)
+        summary = (f"after {seconds / 60:.1f} min of training (train loss {logs['loss']:.3f}, "
+                   f"val accuracy {logs['val_accuracy']:.2%}, "
+                   f"epoch {logs['seconds']:.0f} s)")  # fmt: skip
+        if self.reached is not None or logs["val_accuracy"] < self.target - NEAR:
+            print(f"epoch {epoch + 1}: {summary}", flush=True)
+            return
+        probabilities = evaluation.predict_probabilities(
+            self.model, self.x_test, self.flip, self.shift
+        )
         accuracy = evaluation.loss_and_accuracy(self.y_test, probabilities)["accuracy"]
         if self.reached is None and accuracy >= self.target:
             self.reached = seconds
         self.excluded = time.perf_counter() - self.started - seconds
-        print(f"epoch {epoch + 1}: test accuracy {accuracy:.2%} after {seconds / 60:.1f} min "
-              f"of training (train loss {logs['loss']:.3f}, val accuracy "
-              f"{logs['val_accuracy']:.2%}, epoch {logs['seconds']:.0f} s)",
-              flush=True)  # fmt: skip
+        print(f"epoch {epoch + 1}: test accuracy {accuracy:.2%} {summary}", flush=True)
 
 
 def main() -> int:
@@ -64,7 +76,7 @@ def main() -> int:
     dataset = data.load_for(config, args.data, quiet=True)
     precision, _ = environment.choose_precision(config.precision)
     print(f"modern on {dataset!r}, {precision}, {environment.cpu_name()}", flush=True)
-    clock = TestAccuracyClock(dataset.x_test, dataset.y_test, args.target)
+    clock = TestAccuracyClock(dataset.x_test, dataset.y_test, args.target, config)
     metrics = training.train_and_evaluate(
         config, args.out, dataset, overwrite=True, quiet=True, callbacks=[clock]
     )

@@ -32,7 +32,9 @@ def evaluate_run(run_dir: str | Path, data: Dataset) -> dict:
         ("val", data.x_val, data.y_val),
         ("test", data.x_test, data.y_test),
     ):
-        probabilities = predict_probabilities(model, images, config.test_time_flip)
+        probabilities = predict_probabilities(
+            model, images, config.test_time_flip, config.test_time_shift
+        )
         scores[split] = loss_and_accuracy(labels, probabilities)
     run_folder.save_array(run_dir / run_folder.TEST_PROBABILITIES, probabilities)
     history = run_folder.read_history(run_dir)
@@ -51,12 +53,24 @@ def evaluate_run(run_dir: str | Path, data: Dataset) -> dict:
 
 
 def predict_probabilities(
-    model: keras.Model, images: np.ndarray, test_time_flip: bool = False
+    model: keras.Model, images: np.ndarray, flip: bool = False, shift: bool = False
 ) -> np.ndarray:
-    """Class probabilities for uint8 images, in batches, as float32; with `test_time_flip` the
-    mean of the predictions for each image and its mirror image."""
+    """Class probabilities for uint8 images, in batches, as float32. With `flip`, the mean of
+    the predictions for each image and its mirror image. With `shift`, airbench's test-time
+    translation: half that, plus a quarter each for the image shifted one pixel down-right and
+    one pixel up-left (edges reflected)."""
+    outputs = _predict_flipped(model, images, flip)
+    if shift:
+        padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        down_right, up_left = padded[:, :-2, :-2], padded[:, 2:, 2:]
+        shifted = _predict_flipped(model, down_right, flip) + _predict_flipped(model, up_left, flip)
+        outputs = outputs / 2 + shifted / 4
+    return outputs
+
+
+def _predict_flipped(model: keras.Model, images: np.ndarray, flip: bool) -> np.ndarray:
     outputs = _predict(model, images)
-    if test_time_flip:
+    if flip:
         outputs = (outputs + _predict(model, images[:, :, ::-1])) / 2
     return outputs
 

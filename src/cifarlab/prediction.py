@@ -29,8 +29,8 @@ DECODE_THREADS = 8  # Pillow releases the GIL while decoding, so threads overlap
 @dataclass
 class Classifier:
     """A trained model with what it takes to use it: its class names, its input size, and
-    whether its run averages each image's prediction with its mirror image's (as `modern` does
-    in evaluation, so predictions match the reported accuracy)."""
+    whether its run averages each image's prediction with its mirror image's and shifted
+    copies' (as `modern` does in evaluation, so predictions match the reported accuracy)."""
 
     model: keras.Model
     class_names: tuple[str, ...]
@@ -38,6 +38,7 @@ class Classifier:
     run_dir: Path | None = None
     metrics: dict = field(default_factory=dict)
     test_time_flip: bool = False
+    test_time_shift: bool = False
 
     @property
     def image_size(self) -> int:
@@ -45,7 +46,9 @@ class Classifier:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) for uint8 images, exactly as evaluation computes."""
-        return evaluation.predict_probabilities(self.model, images, self.test_time_flip)
+        return evaluation.predict_probabilities(
+            self.model, images, self.test_time_flip, self.test_time_shift
+        )
 
 
 @dataclass
@@ -85,8 +88,9 @@ def load_classifier(source: str | Path) -> Classifier:
     metrics = run_folder.read_metrics(run_dir)
     names = class_names(metrics, int(model.output_shape[-1]))
     name = run_dir.name if source.is_dir() else source.stem
-    flip = run_folder.holds_config(run_dir) and run_folder.read_config(run_dir).test_time_flip
-    return Classifier(model, names, name, run_dir, metrics, flip)
+    config = run_folder.read_config(run_dir) if run_folder.holds_config(run_dir) else None
+    flip, shift = (config.test_time_flip, config.test_time_shift) if config else (False, False)
+    return Classifier(model, names, name, run_dir, metrics, flip, shift)
 
 
 def class_names(metrics: dict, num_classes: int) -> tuple[str, ...]:
