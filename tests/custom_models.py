@@ -5,9 +5,19 @@ from __future__ import annotations
 import keras
 
 
+@keras.saving.register_keras_serializable(package="custom_models")
+class Halve(keras.layers.Layer):
+    """A layer of the user's own: Keras loads a model holding it only once this module is
+    imported."""
+
+    def call(self, inputs):
+        return inputs * 0.5
+
+
 def small_network(config, input_shape, num_classes) -> keras.Model:
     """A tiny CNN with a global-average-pooling head: no layer named like cifarlab's own; its
-    first layer standardizes pixels with statistics Keras's `adapt` learns from the images."""
+    first layer standardizes pixels with statistics Keras's `adapt` learns from the images,
+    and one layer is the user's own class."""
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Normalization(name="pixel_statistics")(inputs)
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
@@ -15,6 +25,6 @@ def small_network(config, input_shape, num_classes) -> keras.Model:
     x = keras.layers.Conv2D(16, 3, padding="same")(x)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.Activation("relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = Halve()(keras.layers.GlobalAveragePooling2D()(x))
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="small_network")

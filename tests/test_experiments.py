@@ -4,9 +4,11 @@ notebook's three unchanged."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -145,6 +147,14 @@ def test_your_own_model_trains_predicts_and_serves(tiny_archive, tmp_path):
     client = TestClient(serve_app.create_app([out]))
     response = client.post("/api/predict", files={"image": ("photo.png", image.read_bytes())})
     assert response.status_code == 200 and response.json()["heatmap_png"]
+    # A fresh process, which has not imported the builder's module, loads the user's own layer.
+    fresh = subprocess.run(
+        [sys.executable, "-m", "cifarlab.cli", "predict", str(out), str(image)], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr
+    assert "photo.png" in fresh.stdout
 
 
 def test_grad_cam_and_features_find_their_layers_by_inspection():

@@ -136,13 +136,14 @@ def test_cli_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def flip_run(tiny_archive, tmp_path_factory):
-    """A run whose config asks for flip test-time augmentation, as `modern`'s does."""
+    """A run whose config asks for flip and shift test-time augmentation, as `modern`'s does."""
     from cifarlab import config, training
     from cifarlab.data import dataset
 
     run_config = config.override(
-        config.experiment("baseline"), epochs=1, precision="float32", test_time_flip=True
-    )
+        config.experiment("baseline"), epochs=1, precision="float32", test_time_flip=True,
+        test_time_shift=True,
+    )  # fmt: skip
     run_dir = tmp_path_factory.mktemp("runs") / "flip"
     training.train_and_evaluate(
         run_config, run_dir, dataset.load_for(run_config, tiny_archive), quiet=True
@@ -150,7 +151,9 @@ def flip_run(tiny_archive, tmp_path_factory):
     return run_dir
 
 
-def test_predict_and_serve_average_with_the_mirror_image_when_the_run_does(flip_run, tmp_path):
+def test_predict_and_serve_average_with_mirrored_and_shifted_images_when_the_run_does(
+    flip_run, tmp_path
+):
     from fastapi.testclient import TestClient
 
     from cifarlab.serve import app as serve_app
@@ -158,9 +161,16 @@ def test_predict_and_serve_average_with_the_mirror_image_when_the_run_does(flip_
     pixels = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "exact.png")
     model = keras.models.load_model(flip_run / "best.keras")
-    plain, mirrored = model.predict(np.stack([pixels, pixels[:, ::-1]]) / 255.0, verbose=0)
-    assert np.abs(plain - mirrored).max() > 1e-4  # Otherwise the check below proves nothing.
-    expected = dict(zip(CIFAR10_CLASSES, (plain + mirrored) / 2, strict=True))
+    # airbench's weighting: half for the image, a quarter each for it shifted one pixel
+    # down-right and up-left (edges reflected); each of the three averaged with its mirror.
+    padded = np.pad(pixels, ((1, 1), (1, 1), (0, 0)), mode="reflect")
+    views = [pixels, padded[:-2, :-2], padded[2:, 2:]]
+    outputs = model.predict(np.stack([v for view in views for v in (view, view[:, ::-1])]) / 255.0,
+                            verbose=0).reshape(3, 2, -1)  # fmt: skip
+    assert np.abs(outputs[0, 0] - outputs[0, 1]).max() > 1e-4  # Else the check proves nothing.
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-4
+    expected = outputs[0].mean(0) / 2 + (outputs[1].mean(0) + outputs[2].mean(0)) / 4
+    expected = dict(zip(CIFAR10_CLASSES, expected, strict=True))
 
     [result] = prediction.predict(flip_run, [tmp_path / "exact.png"], top_k=10)
     np.testing.assert_allclose(

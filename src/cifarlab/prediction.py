@@ -82,7 +82,9 @@ def load_classifier(source: str | Path) -> Classifier:
             raise UserError(f"{source} does not exist; name a run folder or a .keras file.")
         raise UserError(f"{source} is neither a trained run folder nor a .keras model file.")
     try:
-        model = keras.models.load_model(model_path, compile=False)
+        model = run_folder.load_model(model_path, run_dir, compile=False)
+    except UserError:
+        raise
     except Exception as error:  # Keras raises many kinds for a file that is not a model.
         raise UserError(f"{model_path} is not a Keras model file ({error}).") from error
     metrics = run_folder.read_metrics(run_dir)
