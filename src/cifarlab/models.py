@@ -20,6 +20,7 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -66,6 +67,15 @@ def import_builder(path: str) -> Builder:
     if not callable(builder):
         raise UserError(f"{path} is not a function.")
     return builder
+
+
+def load_model(path: Path, builder: str = "", compile: bool = True) -> keras.Model:
+    """The Keras model file at `path`, saved by a run of `builder` ("package.module:function",
+    or "" for cifarlab's own): the builder's module is imported first, so that Keras finds the
+    layer classes it registers, as it finds cifarlab's own defined here."""
+    if builder:
+        import_builder(builder)
+    return keras.models.load_model(path, compile=compile)
 
 
 def builder_path(builder: Builder) -> str:

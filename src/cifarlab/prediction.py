@@ -17,7 +17,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifarlab import evaluation, grad_cam, run_folder
+from cifarlab import evaluation, grad_cam, models, run_folder
+from cifarlab.config import Config
 from cifarlab.data import images
 from cifarlab.data.standard import CIFAR10_CLASSES
 from cifarlab.errors import UserError
@@ -81,18 +82,19 @@ def load_classifier(source: str | Path) -> Classifier:
         if not source.exists():
             raise UserError(f"{source} does not exist; name a run folder or a .keras file.")
         raise UserError(f"{source} is neither a trained run folder nor a .keras model file.")
+    config = run_folder.read_config(run_dir) if run_folder.holds_config(run_dir) else Config()
     try:
-        model = run_folder.load_model(model_path, run_dir, compile=False)
+        model = models.load_model(model_path, config.model, compile=False)
     except UserError:
-        raise
+        raise  # The run's builder cannot be imported: already one clear sentence.
     except Exception as error:  # Keras raises many kinds for a file that is not a model.
         raise UserError(f"{model_path} is not a Keras model file ({error}).") from error
     metrics = run_folder.read_metrics(run_dir)
     names = class_names(metrics, int(model.output_shape[-1]))
     name = run_dir.name if source.is_dir() else source.stem
-    config = run_folder.read_config(run_dir) if run_folder.holds_config(run_dir) else None
-    flip, shift = (config.test_time_flip, config.test_time_shift) if config else (False, False)
-    return Classifier(model, names, name, run_dir, metrics, flip, shift)
+    return Classifier(
+        model, names, name, run_dir, metrics, config.test_time_flip, config.test_time_shift
+    )
 
 
 def class_names(metrics: dict, num_classes: int) -> tuple[str, ...]:

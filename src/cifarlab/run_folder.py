@@ -231,23 +231,13 @@ def finished_runs_in(folder: Path) -> list[Path]:
 
 def load_best_model(run_dir: str | Path, compile: bool = True):
     """The run's best checkpoint as a `keras.Model`, or a `UserError` if it has none."""
+    from cifarlab import models
+
     path = Path(run_dir) / BEST_MODEL
     if not path.is_file():
         raise UserError(f"{run_dir} has no {BEST_MODEL}; train it first with cifarlab train.")
-    return load_model(path, run_dir, compile)
-
-
-def load_model(path: Path, run_dir: Path, compile: bool = True):
-    """The Keras model file at `path`, saved by the run in `run_dir` (or beside it): first
-    imports cifarlab's layers and, for a run of the user's own model, its builder's module, so
-    that Keras finds the layer classes they register."""
-    import keras
-
-    from cifarlab import models
-
-    if holds_config(run_dir) and (builder := read_config(run_dir).model):
-        models.import_builder(builder)
-    return keras.models.load_model(path, compile=compile)
+    builder = read_config(run_dir).model if holds_config(run_dir) else ""
+    return models.load_model(path, builder, compile)
 
 
 # The views.
