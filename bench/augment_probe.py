@@ -13,6 +13,8 @@ It prints the median and range of epochs 2 onwards per way, and how long the aug
 alone takes over one epoch's images, without training.
 
     python bench/augment_probe.py --data ../shared/data/cifar10-jpeg.tar.gz --per-class 1000
+    python bench/augment_probe.py --data ../shared/data/cifar10-jpeg.tar.gz --per-class 0 \
+        --ways none map --rounds 1 --epochs 2    # full data, the two that matter
 """
 
 from __future__ import annotations
@@ -98,16 +100,18 @@ def augmentation_alone(config, dataset: data.Dataset) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", help="CIFAR-10 archive (default: synthetic images)")
-    parser.add_argument("--per-class", type=int, default=1000)
+    parser.add_argument("--per-class", type=int, default=1000, help="0: every image")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
     args = parser.parse_args()
     config = configs.override(configs.AUGMENTED, precision="float32")
     if args.data:
-        dataset = harness.per_class(data.load_for(config, args.data, quiet=True), args.per_class)
+        dataset = harness.per_class(
+            data.load_for(config, args.data, quiet=True), args.per_class or None
+        )
     else:
-        dataset = harness.synthetic(args.per_class * 8, 0)
+        dataset = harness.synthetic((args.per_class or 5000) * 8, 0)
     print(f"{len(dataset.y_train)} training images, {harness.which_epochs(args.epochs)}")
     print(f"augmentation alone, one epoch's batches: {augmentation_alone(config, dataset):.1f} s")
     seconds: dict[str, list[float]] = {way: [] for way in args.ways}
