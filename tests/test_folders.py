@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cifarlab import cli, load_data
-from cifarlab.data import cache, images
+from cifarlab.data import cache, folders, images
 from cifarlab.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -273,3 +276,29 @@ def test_a_packed_class_folder_archive_loads_like_the_folder(photo_folder, tmp_p
     np.testing.assert_array_equal(from_archive.x_test, from_folder.x_test)
     assert from_archive.name == "photos" and from_archive.source == str(archive)
     assert load_data(archive, quiet=True).counts() == from_folder.counts()  # From the cache.
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU decodes in-process")
+def test_a_script_loading_outside_its_main_guard_fails_in_one_sentence(tmp_path):
+    """Decoding workers import the script again; unguarded, they used to wait on its lock."""
+    root = tmp_path / "many"
+    for name, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (root / name).mkdir(parents=True)
+        for index in range(folders._PARALLEL_FROM // 2):  # Enough to decode in processes.
+            Image.new("RGB", (8, 8), colour).save(root / name / f"{index:04d}.png")
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    call = f"cifarlab.load_data({str(root)!r}, quiet=True)\nprint('loaded')"
+
+    def run(script: str) -> subprocess.CompletedProcess:
+        path = tmp_path / "script.py"
+        path.write_text(f"import cifarlab\n{script}\n")
+        command = [sys.executable, str(path)]
+        return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+
+    unguarded = run(call)
+    assert unguarded.returncode != 0 and "loaded" not in unguarded.stdout
+    assert 'outside `if __name__ == "__main__":`' in unguarded.stderr.splitlines()[-1]
+    assert not list((tmp_path / "cache").rglob("*.npz"))
+    guarded = run("if __name__ == '__main__':\n    " + call.replace("\n", "\n    "))
+    assert guarded.returncode == 0, guarded.stderr
+    assert guarded.stdout.splitlines()[-1] == "loaded"

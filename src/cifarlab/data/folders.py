@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -175,15 +177,37 @@ def decode_all(
         _executor(len(paths)) as executor,
         tqdm(total=len(paths), desc="decode", unit="image", disable=quiet) as bar,
     ):
-        for start, result in zip(
-            starts, executor.map(_decode_chunk, chunks, repeat(size)), strict=True
-        ):
-            chunk_images, chunk_sizes, chunk_failed = result
-            pixels[start : start + len(chunk_images)] = chunk_images
-            original_sizes[start : start + len(chunk_sizes)] = chunk_sizes
-            failed.extend(start + index for index in chunk_failed)
-            bar.update(len(chunk_images))
+        try:
+            for start, result in zip(
+                starts, executor.map(_decode_chunk, chunks, repeat(size)), strict=True
+            ):
+                chunk_images, chunk_sizes, chunk_failed = result
+                pixels[start : start + len(chunk_images)] = chunk_images
+                original_sizes[start : start + len(chunk_sizes)] = chunk_sizes
+                failed.extend(start + index for index in chunk_failed)
+                bar.update(len(chunk_images))
+        except BrokenProcessPool:
+            raise UserError(
+                "A worker process decoding images stopped early (too little memory, or a script "
+                'calling cifarlab outside `if __name__ == "__main__":`); nothing was cached.'
+            ) from None
     return pixels, original_sizes, failed
+
+
+def exit_if_a_worker_is_importing() -> None:
+    """End this process, with one line, if it is a spawned worker still importing a script.
+
+    Spawned workers (`decode_all`'s among them) import the parent's main script again before
+    they take work. A script that loads data outside `if __name__ == "__main__":` would load it
+    again in each worker, which would wait for the cache lock its parent holds while the
+    parent waits for the workers. `_inheriting` is the flag Python's own `multiprocessing`
+    checks for this, but only once the worker starts processes itself, after that wait.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        sys.exit(
+            "cifarlab: this worker process is importing your script again; call cifarlab "
+            'under `if __name__ == "__main__":` there.'
+        )
 
 
 def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -206,6 +230,7 @@ def _executor(num_images: int) -> Executor:
     if num_images < _PARALLEL_FROM or (workers or 1) < 2:
         return ThreadPoolExecutor(max_workers=1)
     # "spawn" because the parent may already run TensorFlow's threads, which forking can deadlock.
+    # Its workers import the parent's script again: see `exit_if_a_worker_is_importing`.
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
