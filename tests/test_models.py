@@ -140,3 +140,23 @@ def test_patch_whitening_decorrelates_the_patches_it_was_adapted_to():
     assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 1e-3
     # Unit variance along every direction whose variance dwarfs the regularizing epsilon.
     assert 0.9 < covariance[-1, -1] <= 1.0 and np.all(np.diag(covariance) <= 1.0 + 1e-4)
+
+
+def test_adapt_fits_each_layer_to_the_images_as_they_reach_it():
+    """A nested model's `Normalization`, and one behind a convolution, as users' models have."""
+    images = np.random.default_rng(0).random((300, 8, 8, 3)).astype("float32") * [1, 2, 3]
+    inputs = keras.Input((8, 8, 3))
+    nested = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Normalization()])
+    convolution = keras.layers.Conv2D(4, 3)
+    behind = keras.layers.Normalization()
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(behind(convolution(nested(inputs)))))
+    models.adapt(keras.Model(inputs, outputs), images)
+
+    def channel_means(x):
+        return np.asarray(x, dtype="float64").reshape(-1, np.shape(x)[-1]).mean(axis=0)
+
+    normalized = nested.predict(images, verbose=0)
+    np.testing.assert_allclose(channel_means(nested.layers[0].mean), images.mean((0, 1, 2)), 1e-5)
+    assert np.abs(channel_means(normalized)).max() < 1e-4
+    features = keras.ops.convert_to_numpy(convolution(normalized))
+    np.testing.assert_allclose(channel_means(behind.mean), channel_means(features), atol=1e-5)

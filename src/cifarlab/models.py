@@ -192,12 +192,32 @@ class PatchWhitening(keras.layers.Layer):
 
 
 def adapt(model: keras.Model, images: np.ndarray) -> None:
-    """Fit the layers that learn statistics of the training images (Keras's `adapt`, as
-    `PatchWhitening` and `Normalization` have) to `images`, a sample of them scaled as the
-    model sees them, before the first step."""
+    """Fit the layers that learn statistics of their inputs (Keras's `adapt`, as
+    `PatchWhitening` and `Normalization` have) before the first step, each to `images` (a
+    sample of the training images scaled as the model sees them) as they reach it: through the
+    layers before it, already adapted, and into nested models.
+
+    A subclassed model has no graph to follow, so its own layers get `images` as they are.
+    """
+    inputs = getattr(model, "inputs", None)  # None for a subclassed model.
     for layer in model.layers:
-        if hasattr(layer, "adapt"):
-            layer.adapt(images)
+        if not _adapts(layer):
+            continue
+        seen = images
+        if inputs and layer.input is not inputs[0]:
+            before = keras.Model(inputs, layer.input)
+            seen = np.asarray(before.predict(images, batch_size=500, verbose=0), "float32")
+        if isinstance(layer, keras.Model):
+            adapt(layer, seen)
+        else:
+            layer.adapt(seen)
+
+
+def _adapts(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` learns statistics with `adapt`, or is a model holding such a layer."""
+    if isinstance(layer, keras.Model):
+        return any(_adapts(inner) for inner in layer.layers)
+    return hasattr(layer, "adapt")
 
 
 def residual_network(

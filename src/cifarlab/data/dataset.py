@@ -99,7 +99,7 @@ def load(
     class folders, for standard sets under `SMALL_SUBSET` training images, and with `stratify`;
     the full standard sets otherwise keep the notebook's random split.
     """
-    folders.exit_if_a_worker_is_importing()
+    folders.refuse_in_an_importing_worker()
     path = given_path(path)
     if path is not None and safe_files.holds_images(path, images.IMAGE_SUFFIXES):
         return _load_folder_archive(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -194,19 +193,20 @@ def decode_all(
     return pixels, original_sizes, failed
 
 
-def exit_if_a_worker_is_importing() -> None:
-    """End this process, with one line, if it is a spawned worker still importing a script.
+def refuse_in_an_importing_worker() -> None:
+    """Refuse to load data in a spawned worker that is still importing the parent's script.
 
     Spawned workers (`decode_all`'s among them) import the parent's main script again before
     they take work. A script that loads data outside `if __name__ == "__main__":` would load it
     again in each worker, which would wait for the cache lock its parent holds while the
-    parent waits for the workers. `_inheriting` is the flag Python's own `multiprocessing`
-    checks for this, but only once the worker starts processes itself, after that wait.
+    parent waits for the workers. This is the check Python's own `multiprocessing` makes (on
+    `_inheriting`), made before that wait rather than when the worker starts processes itself;
+    the worker ends and its parent's pool breaks, which `decode_all` reports.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
-        sys.exit(
-            "cifarlab: this worker process is importing your script again; call cifarlab "
-            'under `if __name__ == "__main__":` there.'
+        raise UserError(
+            "This worker process is importing your script again; call cifarlab under "
+            '`if __name__ == "__main__":` there.'
         )
 
 
@@ -230,7 +230,7 @@ def _executor(num_images: int) -> Executor:
     if num_images < _PARALLEL_FROM or (workers or 1) < 2:
         return ThreadPoolExecutor(max_workers=1)
     # "spawn" because the parent may already run TensorFlow's threads, which forking can deadlock.
-    # Its workers import the parent's script again: see `exit_if_a_worker_is_importing`.
+    # Its workers import the parent's script again: see `refuse_in_an_importing_worker`.
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
