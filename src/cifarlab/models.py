@@ -27,6 +27,7 @@ import numpy as np
 
 from cifarlab.config import Config
 from cifarlab.errors import UserError
+from cifarlab.input_pipeline import EVAL_BATCH_SIZE
 
 Builder = Callable[[Config, tuple[int, int, int], int], keras.Model]
 ONECYCLE_WARMUP = 0.25  # Share of the steps over which the one-cycle schedule warms up.
@@ -206,7 +207,8 @@ def adapt(model: keras.Model, images: np.ndarray) -> None:
         seen = images
         if inputs and layer.input is not inputs[0]:
             before = keras.Model(inputs, layer.input)
-            seen = np.asarray(before.predict(images, batch_size=500, verbose=0), "float32")
+            seen = before.predict(images, batch_size=EVAL_BATCH_SIZE, verbose=0)
+            seen = np.asarray(seen, dtype="float32")
         if isinstance(layer, keras.Model):
             adapt(layer, seen)
         else:
