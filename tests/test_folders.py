@@ -208,10 +208,9 @@ def test_trains_and_evaluates_with_its_own_class_names(trained_run, photo_folder
     assert list(metrics["per_class"]) == list(CLASSES)
     assert metrics["dataset"] == photo_folder.name
     assert np.array(metrics["confusion_matrix"]).shape == (3, 3)
-    (trained_run / "metrics.json").unlink()
     assert cli.main(["evaluate", str(trained_run), "--data", str(photo_folder)]) == 0
-    again = json.loads((trained_run / "metrics.json").read_text())
-    assert again["test"] == metrics["test"]
+    again = json.loads((trained_run / "evaluation.json").read_text())
+    assert again["test"] == metrics["test"] and again["class_names"] == list(CLASSES)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from scipy import stats as scipy_stats
 from cifarlab import api, cli, run_folder
 from cifarlab.errors import UserError
 from cifarlab.report import build
-from cifarlab.run_folder import Study
+from cifarlab.views import Study
+from tests.conftest import write_cifar10_archive
 
 EXPERIMENTS = ("baseline", "batchnorm")
 SEEDS = (0, 1)
@@ -152,6 +153,16 @@ def test_a_changed_setting_is_refused_before_anything_runs(repeated_study, tiny_
     runs_before = {name: snapshot(repeated_study / name) for name in EXPERIMENTS}
     assert cli.main(study_arguments(tiny_archive, repeated_study, epochs=2)) == 2
     assert "holds a run with a different config" in capsys.readouterr().err
+    for name in EXPERIMENTS:
+        assert snapshot(repeated_study / name) == runs_before[name], name
+
+
+@pytest.mark.slow
+def test_other_data_is_refused_before_anything_runs(repeated_study, tmp_path, capsys):
+    runs_before = {name: snapshot(repeated_study / name) for name in EXPERIMENTS}
+    other = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", seed=1)
+    assert cli.main(study_arguments(other, repeated_study)) == 2
+    assert "was trained on other data" in capsys.readouterr().err
     for name in EXPERIMENTS:
         assert snapshot(repeated_study / name) == runs_before[name], name
 

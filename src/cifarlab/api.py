@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cifarlab import config as configs
+from cifarlab import run_folder
 from cifarlab.data.dataset import Dataset
 from cifarlab.data.dataset import load as load_data
 from cifarlab.errors import UserError
-from cifarlab.run_folder import Run, Study
+from cifarlab.plans import StudyPlan
+from cifarlab.views import Run, Study
 
 __all__ = [
     "Run", "Study", "build_report", "evaluate", "experiment_config", "load_data", "open_run",
@@ -36,9 +38,9 @@ def experiment_config(
     `model` may be a function `(config, input_shape, num_classes) -> keras.Model` or its import
     path "package.module:function"; the run then records the path and its source's SHA-256.
     """
-    from cifarlab import experiments
+    from cifarlab import builders, experiments
 
-    return experiments.resolve(experiment, experiments_file, **overrides)
+    return builders.record_builder(experiments.resolve(experiment, experiments_file, **overrides))
 
 
 def train(
@@ -57,22 +59,16 @@ def train(
 
     `overrides` replace config fields, e.g. `epochs=5, learning_rate=3e-3, seed=1`, or
     `model=build_fn` for your own network (see `experiment_config`). Without
-    `data`, the dataset is loaded from `path` with the config's split settings. An interrupted
-    run in `out` resumes where it stopped. `callbacks` are Keras callbacks of your own, called
-    after cifarlab's at every epoch.
+    `data`, the dataset is loaded from `path` with the config's split settings; with it, the
+    run records the split `data` was made with. An interrupted run in `out` resumes where it
+    stopped, on the same data only. `callbacks` are Keras callbacks of your own, called after
+    cifarlab's at every epoch.
     """
     from cifarlab import training
     from cifarlab.data import dataset
 
     if data is not None:
-        # A run records the split it trained on, so the data's settings become the config's.
-        for key, value in data.split_settings.items():
-            if overrides.get(key) is not None and overrides[key] != value:
-                raise UserError(
-                    f"The data was loaded with {key}={value} but the run asks for "
-                    f"{key}={overrides[key]}; load the data with the same {key}."
-                )
-            overrides[key] = value
+        overrides = _with_data_settings(overrides, data)
     config = experiment_config(experiment, experiments_file, **overrides)
     if data is None:
         data = dataset.load_for(config, path, quiet=quiet)
@@ -82,13 +78,41 @@ def train(
 
 
 def evaluate(run: Run | str | Path, data: Dataset | None = None, path=None) -> dict:
-    """Evaluate a run's best checkpoint on every split again; returns the new metrics."""
+    """Evaluate a finished run's best checkpoint on every split again and return the metrics.
+
+    The data must be what the run trained on (the same classes and, where the run recorded it,
+    the same fingerprint). The scores go to the run's re-evaluation file
+    (`run_folder.REEVALUATION`), beside its own metrics, which only training writes.
+    """
     from cifarlab import evaluation
     from cifarlab.data import dataset
 
     run = open_run(run)
-    data = data if data is not None else dataset.load_for(run.config, path)
-    return evaluation.evaluate_run(run.path, data)
+    with run_folder.exclusive(run.path):
+        stored = run.finished_metrics()
+        data = data if data is not None else dataset.load_for(run.config, path)
+        expected = stored.get("class_names")
+        if expected is not None and list(data.class_names) != list(expected):
+            raise UserError(
+                f"{run.path} was trained on the classes {', '.join(map(str, expected))}, not "
+                f"{', '.join(data.class_names)}; pass the data it was trained on."
+            )
+        run_folder.check_same_data(run.path, data.record(), "pass the data it was trained on")
+        metrics, _ = evaluation.score_run(run.path, data)
+        run_folder.write_json(run.path / run_folder.REEVALUATION, metrics)
+    return metrics
+
+
+def _with_data_settings(overrides: dict, data: Dataset) -> dict:
+    """`overrides` with the settings `data` was split with: a run records the split it trains
+    on. A different value asked for in `overrides` is refused."""
+    for key, value in data.split_settings.items():
+        if overrides.get(key) is not None and overrides[key] != value:
+            raise UserError(
+                f"The data was loaded with {key}={value} but the run asks for "
+                f"{key}={overrides[key]}; load the data with the same {key}."
+            )
+    return {**overrides, **data.split_settings}
 
 
 def open_run(run: Run | str | Path) -> Run:
@@ -102,7 +126,7 @@ def study(
     out: str | Path = "runs",
     path: str | Path | None = None,
     epochs: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     precision: str | None = None,
     projection: str = "pca",
     quiet: bool = False,
@@ -113,36 +137,38 @@ def study(
     gpus_per_run: float = 0,
     experiments_file: str | Path | None = None,
     model=None,
+    plan: StudyPlan | None = None,
     **data_settings: object,
 ) -> Study:
     """Train (or reuse) each experiment under `out`, draw its figures, and write the report.
 
     `experiments` are names (default: every experiment of `experiments_file`, a TOML file of
     your own experiments, else the notebook's baseline, augmented and batchnorm); `model`
-    replaces every experiment's network by your builder (see `experiment_config`).
+    replaces every experiment's network by your builder (see `experiment_config`). `epochs`,
+    `seed`, `precision` and `data_settings` (`val_fraction`, `dataset`, `image_size`,
+    `test_fraction`, `stratify`) override every experiment's own; None keeps each one's.
 
-    Finished runs in `out` are reused and an interrupted one resumes. With `repeats` K > 1 each
-    experiment is trained with K seeds as Ray tasks (a local Ray unless `ray_address` names a
-    cluster; `workers` runs at once), each reading the data from `path` itself, and the report
-    gives mean, spread and 95% intervals across seeds. `data_settings` are `val_fraction`,
-    `dataset`, `image_size` and `test_fraction` for data read from `path`. In Jupyter the
+    Finished runs in `out` are reused and an interrupted one resumes, on the same data only.
+    With `repeats` K > 1 each experiment is trained with K seeds as Ray tasks (a local Ray
+    unless `ray_address` names a cluster; `workers` runs at once), each reading the data from
+    `path` itself, and the report gives mean, spread and 95% intervals across seeds. `plan`,
+    a `plans.StudyPlan` already resolved, replaces all of the above but `data`. In Jupyter the
     returned `Study` shows its results and diagnosis.
     """
-    from cifarlab import studies
-    from cifarlab.scale.ray_jobs import RayOptions
+    from cifarlab import plans, studies
 
-    if callable(model):
-        from cifarlab import models
-
-        model = models.builder_path(model)
-    options = studies.StudyOptions(
-        experiments=tuple(experiments) if experiments else None, out=Path(out), path=path,
-        epochs=epochs, seed=seed, precision=precision, projection=projection, quiet=quiet,
-        repeats=repeats, ray=RayOptions(ray_address, workers, cpus_per_run, gpus_per_run),
-        experiments_file=experiments_file, model=model, data_settings=data_settings,
-    )  # fmt: skip
-    studies.train_and_report(options, data)
-    return Study(options.out)
+    if plan is None:
+        overrides = {"epochs": epochs, "seed": seed, "precision": precision, "model": model,
+                     **data_settings}  # fmt: skip
+        if data is not None:
+            overrides = _with_data_settings(overrides, data)
+        plan = plans.study_plan(
+            experiments, experiments_file, out, path, repeats,
+            plans.RayOptions(ray_address, workers, cpus_per_run, gpus_per_run), projection,
+            quiet, **overrides,
+        )  # fmt: skip
+    studies.train_and_report(plan, data)
+    return Study(plan.out)
 
 
 def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Path]:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from cifarlab import __version__
 from cifarlab import config as configs
+from cifarlab.plans import RayOptions
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist")
+_DEFAULT = configs.Config()  # Help texts quote the config's defaults; flags set none of their own.
 
 DESCRIPTION = """\
 Train, compare and diagnose small CNN image classifiers on CIFAR-10 (or other standard
@@ -100,27 +102,32 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=DATASETS,
                         help="standard dataset that --data holds (default: cifar10; a folder of "
                         "class folders is recognised without it)")  # fmt: skip
-    parser.add_argument("--seed", type=whole_number, default=0,
-                        help="seed for the validation split, weights and shuffling")  # fmt: skip
-    parser.add_argument("--val-fraction", type=fraction, default=0.2,
-                        help="share of the training images held out for validation")  # fmt: skip
+    parser.add_argument("--seed", type=whole_number,
+                        help="seed for the validation split, weights and shuffling "
+                        f"(default: {_DEFAULT.seed})")  # fmt: skip
+    parser.add_argument("--val-fraction", type=fraction,
+                        help="share of the training images held out for validation (default: "
+                        f"the experiment's, {_DEFAULT.val_fraction} for all but modern's "
+                        f"{configs.MODERN.val_fraction})")  # fmt: skip
     parser.add_argument("--test-fraction", type=fraction,
                         help="share held out for testing from class folders without a test/ "
-                        "folder (default: 0.2)")  # fmt: skip
+                        f"folder (default: {_DEFAULT.test_fraction})")  # fmt: skip
     parser.add_argument("--stratify", action="store_true",
                         help="hold out the same share of every class for validation also from a "
                         "full standard dataset (class folders and subsets under 20,000 images "
                         "always are; full CIFAR-10 otherwise keeps the notebook's random "
                         "split)")  # fmt: skip
     parser.add_argument("--image-size", type=positive_int,
-                        help="side of the square model input in pixels (default: 32)")  # fmt: skip
+                        help="side of the square model input in pixels (default: "
+                        f"{_DEFAULT.image_size})")  # fmt: skip
 
 
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=positive_int, help="training epochs (default: 50)")
-    parser.add_argument("--precision", choices=configs.PRECISIONS, default="auto",
+    parser.add_argument("--epochs", type=positive_int, help="training epochs (default: the "
+                        f"experiment's, {_DEFAULT.epochs} for the notebook's three)")  # fmt: skip
+    parser.add_argument("--precision", choices=configs.PRECISIONS,
                         help="numbers to train in; auto picks mixed bfloat16 where the hardware "
-                        "runs it fast, else float32")  # fmt: skip
+                        f"runs it fast, else float32 (default: {_DEFAULT.precision})")  # fmt: skip
     parser.add_argument("--quiet", action="store_true",
                         help="one plain line per epoch instead of a progress bar (always so when "
                         "the output is not a terminal), and no progress messages")  # fmt: skip
@@ -139,10 +146,12 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
                         help="a running Ray cluster (default: start a local one)")  # fmt: skip
     parser.add_argument("--workers", type=positive_int,
                         help="runs at once (default: as many as CPUs and GPUs fit)")  # fmt: skip
-    parser.add_argument("--cpus-per-run", type=non_negative_float, default=1.0,
-                        help="CPU cores each run reserves; also caps its threads")  # fmt: skip
-    parser.add_argument("--gpus-per-run", type=non_negative_float, default=0.0,
-                        help="GPUs each run reserves; a fraction shares one GPU")  # fmt: skip
+    parser.add_argument("--cpus-per-run", type=non_negative_float,
+                        help="CPU cores each run reserves; also caps its threads (default: "
+                        f"{RayOptions.cpus_per_run})")  # fmt: skip
+    parser.add_argument("--gpus-per-run", type=non_negative_float,
+                        help="GPUs each run reserves; a fraction shares one GPU (default: "
+                        f"{RayOptions.gpus_per_run})")  # fmt: skip
 
 
 def _command(commands, name: str, summary: str, command: str | None = None):

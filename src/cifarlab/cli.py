@@ -103,14 +103,13 @@ def _plain_epochs(args: argparse.Namespace) -> bool:
 
 
 def _training_overrides(args: argparse.Namespace) -> dict:
-    """The config fields the command line sets; None means the experiment's own value."""
+    """The config fields the command line sets: exactly the flags given (None: not given, so
+    the experiment's own value stands)."""
     return {
         "model": args.model,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
-        "seed": args.seed,
-        "val_fraction": args.val_fraction,
         "precision": args.precision,
         **data_overrides(args),
     }
@@ -119,6 +118,8 @@ def _training_overrides(args: argparse.Namespace) -> dict:
 def data_overrides(args: argparse.Namespace) -> dict:
     """The dataset settings given on the command line (None where left out)."""
     return {
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
         "dataset": args.dataset,
         "image_size": args.image_size,
         "test_fraction": args.test_fraction,
@@ -126,29 +127,27 @@ def data_overrides(args: argparse.Namespace) -> dict:
     }
 
 
-def _checked_experiment(args: argparse.Namespace) -> configs.Config:
-    """The experiment named on the command line with its overrides, checked without Keras."""
+def _resolved_experiment(args: argparse.Namespace) -> configs.Config:
+    """The experiment named on the command line with its overrides: resolved once, here,
+    before TensorFlow loads, and handed down as it is."""
     from cifarlab import experiments
 
-    experiment = experiments.find(args.experiment, args.experiments)
-    return configs.override(experiment, **_training_overrides(args))
+    return experiments.resolve(args.experiment, args.experiments, **_training_overrides(args))
 
 
 def _train(args: argparse.Namespace) -> int:
-    _checked_experiment(args)
+    config = _resolved_experiment(args)
     _check_data(args)
     _quiet_tensorflow(args.verbose)
     from cifarlab import api, evaluation
 
     run = api.train(
-        args.experiment,
+        config,
         path=args.data,
         out=args.out,
         overwrite=args.overwrite,
         quiet=_plain_epochs(args),
         tensorboard=args.tensorboard,
-        experiments_file=args.experiments,
-        **_training_overrides(args),
     )
     print(evaluation.format_metrics(run.metrics))
     print(f"Run folder: {run.path}")
@@ -157,9 +156,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     _check_exists(args.run_dir, "Run folder", "pass a folder written by cifarlab train")
-    from cifarlab import run_folder
-
-    run_folder.read_config(args.run_dir)
     _check_data(args)
     _quiet_tensorflow(args.verbose)
     from cifarlab import api, evaluation
@@ -169,15 +165,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    _checked_experiment(args)
+    base = _resolved_experiment(args)
     _check_data(args)
-    from cifarlab import api
+    from cifarlab import builders
     from cifarlab.scale import sweep
 
-    base = api.experiment_config(args.experiment, args.experiments, **_training_overrides(args))
     result = sweep.sweep_grid(
-        base, args.grid, args.repeats, args.data, args.out, ray_options(args), not args.quiet
-    )
+        builders.record_builder(base), args.grid, args.repeats, args.data, args.out,
+        ray_options(args), not args.quiet,
+    )  # fmt: skip
     print(result.text)
     print(f"Sweep folder: {result.folder}")
     return 0
@@ -187,53 +183,32 @@ def _data_info(args: argparse.Namespace) -> int:
     from cifarlab.data import dataset
 
     _check_data(args)
-    settings = configs.override(
-        configs.Config(), seed=args.seed, val_fraction=args.val_fraction, **data_overrides(args)
-    )
-    print(dataset.counts_table(dataset.load_for(settings, args.data)))
+    spec = configs.override(configs.Config(), **data_overrides(args)).data_spec
+    print(dataset.counts_table(dataset.load_spec(args.data, spec)))
     return 0
 
 
 def _study_experiments(text: str | None) -> tuple[list[str] | None, Path | None]:
-    """--experiments as (names, None) or, for a TOML file, (None, file), checked."""
-    from cifarlab import experiments
-
+    """--experiments as (names, None) or, for a TOML file, (None, file)."""
     if text and (text.endswith(".toml") or Path(text).is_file()):
-        experiments.load_file(text)  # Every experiment is checked before anything trains.
         return None, Path(text)
-    names = [name.strip() for name in (text or "").split(",") if name.strip()] or None
-    for name in names or ():
-        configs.experiment(name)
-    return names, None
+    return [name.strip() for name in (text or "").split(",") if name.strip()] or None, None
 
 
 def _study(args: argparse.Namespace) -> int:
+    from cifarlab import plans
+
     names, experiments_file = _study_experiments(args.experiments)
-    if args.model:
-        configs.override(configs.Config(), model=args.model)
+    plan = plans.study_plan(
+        names, experiments_file, args.out, args.data, args.repeats, ray_options(args),
+        args.projection, _plain_epochs(args), epochs=args.epochs, precision=args.precision,
+        model=args.model, **data_overrides(args),
+    )  # fmt: skip
     _check_data(args)
     _quiet_tensorflow(args.verbose)
     from cifarlab import api
 
-    study = api.study(
-        names,
-        experiments_file=experiments_file,
-        model=args.model,
-        out=args.out,
-        path=args.data,
-        epochs=args.epochs,
-        seed=args.seed,
-        precision=args.precision,
-        projection=args.projection,
-        quiet=_plain_epochs(args),
-        repeats=args.repeats,
-        ray_address=args.ray_address,
-        workers=args.workers,
-        cpus_per_run=args.cpus_per_run,
-        gpus_per_run=args.gpus_per_run,
-        val_fraction=args.val_fraction,
-        **data_overrides(args),
-    )
+    study = api.study(plan=plan)
     print(f"Report: {study.report}")
     return 0
 
@@ -287,9 +262,12 @@ def _experiments_show(args: argparse.Namespace) -> int:
 
 
 def ray_options(args: argparse.Namespace):
-    from cifarlab.scale.ray_jobs import RayOptions
+    """The Ray flags given; RayOptions keeps its own default for each left out."""
+    from cifarlab.plans import RayOptions
 
-    return RayOptions(args.ray_address, args.workers, args.cpus_per_run, args.gpus_per_run)
+    given = {"address": args.ray_address, "workers": args.workers,
+             "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run}  # fmt: skip
+    return RayOptions(**{key: value for key, value in given.items() if value is not None})
 
 
 def _serve(args: argparse.Namespace) -> int:

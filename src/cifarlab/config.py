@@ -17,6 +17,9 @@ from cifarlab.errors import UserError
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+NETWORKS = ("notebook", "residual")
+# How runs before the `network` setting named modern's network: as a user's builder.
+_OLD_RESIDUAL_BUILDER = "cifarlab.models:residual_network"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,26 @@ class Augmentation:
 
 
 @dataclass(frozen=True)
+class DataSpec:
+    """What a run trains, validates and tests on, as settings: the dataset, its image size and
+    how it is split. Every `Dataset` keeps the spec it was split with, and a run's config is the
+    spec's one home (`Config.data_spec`), so what a run records is what it trained on."""
+
+    dataset: str = "cifar10"
+    image_size: int = 32
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    stratify: bool = False
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DATA_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(DataSpec))
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that decides what one training run learns."""
 
@@ -54,7 +77,8 @@ class Config:
     dense_units: int = 512
     dropout: float = 0.5
     batch_norm: bool = False  # BatchNormalization before every hidden ReLU, no biases there.
-    model: str = ""  # "package.module:function" building the network instead; "" is the above.
+    network: str = "notebook"  # The built-in network: notebook (the above) or residual (modern's).
+    model: str = ""  # "package.module:function" building the network instead of `network`.
     model_sha256: str = ""  # SHA-256 of that function's source, recorded when the run starts.
     # Training (step E).
     optimizer: str = "adam"  # adam, adamw, or sgd (Nesterov momentum 0.9).
@@ -99,24 +123,41 @@ class Config:
         _check(0 <= self.label_smoothing < 1, "label_smoothing", "lie in [0, 1)")
         _check(self.early_stopping_patience >= 0, "early_stopping_patience", "be at least 0")
         _check(not self.model or ":" in self.model, "model", "be written package.module:function")
+        _check(self.network in NETWORKS, "network", f"be one of {', '.join(NETWORKS)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def data_spec(self) -> DataSpec:
+        """The data this run trains on: dataset, image size, split fractions and seed."""
+        return DataSpec(**{key: getattr(self, key) for key in DATA_SPEC_FIELDS})
 
     @classmethod
     def from_dict(cls, values: dict) -> Config:
         """The config stored as `values` (a run folder's config); unknown keys are ignored,
         so folders written by other versions still load."""
         values = dict(values)
+        if values.get("model") == _OLD_RESIDUAL_BUILDER:
+            values.update(network="residual", model="", model_sha256="")
         augmentation = values.get("augmentation", {})
+        if not isinstance(augmentation, dict):
+            raise UserError("augmentation must be a table of settings.")
         known_augmentation = {f.name for f in dataclasses.fields(Augmentation)}
-        values["augmentation"] = Augmentation(
-            **{key: value for key, value in augmentation.items() if key in known_augmentation}
-        )
-        if "filters" in values:
-            values["filters"] = tuple(values["filters"])
+        augmentation_hints = typing.get_type_hints(Augmentation)
+        values["augmentation"] = Augmentation(**{
+            key: _parse(f"augmentation.{key}", value, augmentation_hints[key])
+            for key, value in augmentation.items()
+            if key in known_augmentation
+        })  # fmt: skip
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        hints = typing.get_type_hints(cls)
+        parsed = {
+            key: value if key == "augmentation" else _parse(key, value, hints[key])
+            for key, value in values.items()
+            if key in known
+        }
+        return cls(**parsed)
 
 
 def _check(condition: bool, key: str, requirement: str) -> None:
@@ -142,7 +183,7 @@ MODERN = replace(
     BASELINE,
     name="modern",
     base="baseline",
-    model="cifarlab.models:residual_network",
+    network="residual",
     filters=(64, 256, 256),
     convs_per_block=2,
     batch_norm=True,

@@ -21,9 +21,19 @@ from cifarlab.data.dataset import Dataset
 
 
 def evaluate_run(run_dir: str | Path, data: Dataset) -> dict:
-    """Evaluate `run_dir`'s best checkpoint on every split of `data`, diagnose the run's history,
-    and write and return the run's metrics."""
+    """Evaluate `run_dir`'s best checkpoint on every split of `data` and diagnose its history;
+    write the run's own metrics (which mark it finished) and return them. Only training calls
+    this, as the owner of the run."""
     run_dir = Path(run_dir)
+    metrics, test_probabilities = score_run(run_dir, data)
+    run_folder.save_array(run_dir / run_folder.TEST_PROBABILITIES, test_probabilities)
+    run_folder.write_json(run_dir / run_folder.METRICS, metrics)
+    return metrics
+
+
+def score_run(run_dir: Path, data: Dataset) -> tuple[dict, np.ndarray]:
+    """The metrics of `run_dir`'s best checkpoint on `data` and its test probabilities,
+    written nowhere."""
     model = run_folder.load_best_model(run_dir)
     config = run_folder.read_config(run_dir)
     scores, probabilities = {}, None
@@ -36,7 +46,6 @@ def evaluate_run(run_dir: str | Path, data: Dataset) -> dict:
             model, images, config.test_time_flip, config.test_time_shift
         )
         scores[split] = loss_and_accuracy(labels, probabilities)
-    run_folder.save_array(run_dir / run_folder.TEST_PROBABILITIES, probabilities)
     history = run_folder.read_history(run_dir)
     metrics = {
         "experiment": config.name,
@@ -48,8 +57,7 @@ def evaluate_run(run_dir: str | Path, data: Dataset) -> dict:
         **classification_metrics(data.y_test, probabilities, data.class_names),
         "diagnosis": diagnosis.diagnose(history, data.num_classes, len(data.y_val)),
     }
-    run_folder.write_json(run_dir / run_folder.METRICS, metrics)
-    return metrics
+    return metrics, probabilities
 
 
 def predict_probabilities(

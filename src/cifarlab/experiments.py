@@ -28,6 +28,7 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
+from cifarlab import builders
 from cifarlab import config as configs
 from cifarlab.config import Config
 from cifarlab.errors import UserError
@@ -60,19 +61,13 @@ def resolve(
     experiment: str | Config, path: str | Path | None = None, **overrides: object
 ) -> Config:
     """The experiment (a `Config`, a built-in's name, or one declared in the file at `path`)
-    with `overrides`; a `model` given as a function is recorded by its import path, and any
-    builder's source by its SHA-256."""
+    with `overrides` (None leaves a setting as the experiment has it); a `model` given as a
+    function is recorded by its import path. Nothing is imported: `builders.record_builder`
+    adds the builder's SHA-256 when the run starts."""
     base = experiment if isinstance(experiment, Config) else find(experiment, path)
     if callable(overrides.get("model")):
-        from cifarlab import models
-
-        overrides["model"] = models.builder_path(overrides["model"])
-    config = configs.override(base, **overrides)
-    if config.model:
-        from cifarlab import models
-
-        config = models.record_builder(config)
-    return config
+        overrides["model"] = builders.builder_path(overrides["model"])
+    return configs.override(base, **overrides)
 
 
 def find(name: str, path: str | Path | None = None) -> Config:

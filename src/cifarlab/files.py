@@ -4,11 +4,16 @@ either the old file or the new one, never half of one, and no temporary file beh
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 
 @contextmanager
@@ -31,3 +36,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as partial:
+        partial.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, values) -> Path:
+    return write_text(path, json.dumps(values, indent=2) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: list[str] | tuple[str, ...]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
+
+
+def save_array(path: str | Path, array: np.ndarray) -> Path:
+    with atomic_path(path) as partial, open(partial, "wb") as file:
+        np.save(file, array)
+    return Path(path)

@@ -5,6 +5,7 @@ everything else asks this module.
 
     runs/baseline/                    one run folder
         config.json                   the resolved Config: the folder alone reproduces the run
+        dataset.json                  the data it trained on: a fingerprint, source and sizes
         environment.json              backend, versions, hardware, precision
         summary.txt                   the model's layer table
         history.csv                   one row per finished epoch
@@ -12,36 +13,39 @@ everything else asks this module.
         backup/                       Keras's BackupAndRestore state, while training
         metrics.json                  scores, per-class metrics and the diagnosis: "finished"
         test_probabilities.npy        test-set probabilities, for the figures
+        evaluation.json               `cifarlab evaluate`'s scores, beside the run's own
         curves.png ...                the run's figures
     runs/                             a study folder: results.csv/json, report.html/md, ...
 
-A run is finished when `metrics.json` reads as JSON. A run folder is reused only for exactly
-the config stored in it; any other config is refused with a sentence naming the difference.
+A run is finished when `metrics.json` reads as JSON. A run folder is reused or resumed only
+for exactly the config and the data stored in it; any other is refused with a sentence naming
+the difference. Only training writes a run's own files; `clear` removes only the files named
+here, and nothing from a folder whose `config.json` cifarlab did not write.
 
-    run = cifarlab.open_run("runs/baseline")
-    run.metrics["test"]["accuracy"], run.history["val_loss"], run.plot_curves()
+Its views for notebooks and scripts, `Run` and `Study`, are in `cifarlab.views`.
 """
 
 from __future__ import annotations
 
 import csv
-import html
-import io
+import glob
 import json
+import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-
-import numpy as np
 
 from cifarlab.config import Config, describe_differences
 from cifarlab.errors import UserError
-from cifarlab.files import atomic_path
+
+# Every file that marks progress or holds results is written whole or not at all; the writers
+# are `cifarlab.files`'s, named here too so that the format's owner is the one callers ask.
+from cifarlab.files import save_array, write_csv, write_json, write_text  # noqa: F401
 
 # One run.
 CONFIG = "config.json"
+DATA = "dataset.json"
 ENVIRONMENT = "environment.json"
 MODEL_SUMMARY = "summary.txt"
 HISTORY = "history.csv"
@@ -49,6 +53,8 @@ BEST_MODEL = "best.keras"
 BACKUP = "backup"
 METRICS = "metrics.json"
 TEST_PROBABILITIES = "test_probabilities.npy"
+REEVALUATION = "evaluation.json"
+LOGS = "logs"  # TensorBoard's, with --tensorboard.
 LOCK = ".run.lock"  # Held by the one process writing the run.
 CURVES = "curves.png"
 CONFUSION = "confusion.png"
@@ -60,6 +66,13 @@ AUGMENTATION = "augmentation.png"
 FILE_FIGURES = (CURVES, CONFUSION, PER_CLASS)  # Drawn from the folder's files alone.
 IMAGE_FIGURES = (ERRORS, FEATURES)  # Also need the images and the model.
 RUN_FIGURES = (*FILE_FIGURES, *IMAGE_FIGURES)
+# Every file and folder a run may hold: all that `clear` removes.
+RUN_FILES = (
+    CONFIG, DATA, ENVIRONMENT, MODEL_SUMMARY, HISTORY, BEST_MODEL, BACKUP, METRICS,
+    TEST_PROBABILITIES, REEVALUATION, LOGS, SAMPLES, AUGMENTATION, *RUN_FIGURES,
+)  # fmt: skip
+# Keys every config.json cifarlab writes has had; a file without them is someone else's.
+_CONFIG_KEYS = ("name", "epochs", "batch_size", "learning_rate", "seed")
 SEED_PREFIX = "seed="  # `<experiment>/seed=<s>/`: one of a study's or sweep's repeated runs.
 
 # A study folder.
@@ -77,33 +90,6 @@ COMPARE_ACCURACY = "compare_accuracy.png"
 SWEEP_CSV = "sweep.csv"
 SWEEP_PNG = "sweep.png"
 SWEEP_TXT = "sweep.txt"
-
-
-# Writing: every file that marks progress or holds results appears whole or not at all.
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    with atomic_path(path) as partial:
-        partial.write_text(text)
-    return Path(path)
-
-
-def write_json(path: str | Path, values) -> Path:
-    return write_text(path, json.dumps(values, indent=2) + "\n")
-
-
-def write_csv(path: str | Path, rows: list[dict], columns: list[str] | tuple[str, ...]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text(path, buffer.getvalue())
-
-
-def save_array(path: str | Path, array: np.ndarray) -> Path:
-    with atomic_path(path) as partial, open(partial, "wb") as file:
-        np.save(file, array)
-    return Path(path)
 
 
 # Reading: a garbled file is reported in one sentence or counts as unfinished, never a traceback.
@@ -146,9 +132,26 @@ def read_config(run_dir: str | Path) -> Config:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (it has no {CONFIG}).")
     values = read_json(path)
-    if not isinstance(values, dict):
-        raise UserError(f"{path} is damaged (not a config); remove the run.")
-    return Config.from_dict(values)
+    if not isinstance(values, dict) or not all(key in values for key in _CONFIG_KEYS):
+        raise UserError(
+            f"{path} was not written by cifarlab; choose another folder for cifarlab's runs."
+        )
+    try:
+        return Config.from_dict(values)
+    except UserError as error:
+        raise UserError(f"{path} is damaged ({str(error).rstrip('.')}); remove the run.") from error
+
+
+def read_data_record(run_dir: str | Path) -> dict | None:
+    """`dataset.json`: the fingerprint and source of the data the run trained on; None for a run
+    written before cifarlab recorded it."""
+    path = Path(run_dir) / DATA
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+        raise UserError(f"{path} is damaged (no data fingerprint); remove the run.")
+    return record
 
 
 def read_metrics(run_dir: str | Path) -> dict:
@@ -184,11 +187,68 @@ def check_same_config(run_dir: str | Path, config: Config, remedy: str = "") -> 
         raise UserError(f"{run_dir} holds a run with a different config ({differences}); {remedy}.")
 
 
-def finished_with(run_dir: str | Path, config: Config) -> bool:
-    """True if `run_dir` holds a finished run of exactly `config` (reuse it); False if there is
-    nothing or an unfinished run of `config` (train or resume); a `UserError` otherwise."""
-    check_same_config(run_dir, config)
+def check_same_data(run_dir: str | Path, record: dict, remedy: str = "") -> None:
+    """Refuse, naming both sources, if `run_dir` holds a run trained on other data than
+    `record` (a `Dataset.record()`). A run from before data was recorded is let through with a
+    warning, as its data cannot be checked."""
+    if not holds_config(run_dir):
+        return
+    stored = read_data_record(run_dir)
+    if stored is None:
+        if (Path(run_dir) / HISTORY).is_file():
+            warnings.warn(
+                f"{run_dir} records no data fingerprint (an older cifarlab wrote it), so the "
+                "data it trained on cannot be checked.",
+                stacklevel=2,
+            )
+        return
+    if stored["fingerprint"] != record["fingerprint"]:
+        remedy = remedy or "pass the data it was trained on, or choose another --out"
+        raise UserError(
+            f"{run_dir} was trained on other data ({_described(stored)}) than given now "
+            f"({_described(record)}); {remedy}."
+        )
+
+
+def _described(record: dict) -> str:
+    images = record.get("images") or {}
+    sizes = "/".join(f"{images.get(split, '?'):,}" if isinstance(images.get(split), int)
+                     else "?" for split in ("train", "val", "test"))  # fmt: skip
+    return f"{sizes} train/val/test images from {record.get('source', 'an unknown source')}"
+
+
+def check_same_run(
+    run_dir: str | Path, config: Config, data_record: dict | None = None, remedy: str = ""
+) -> None:
+    """`check_same_config`, then `check_same_data` when the data is known."""
+    check_same_config(run_dir, config, remedy)
+    if data_record is not None:
+        check_same_data(run_dir, data_record)
+
+
+def finished_with(run_dir: str | Path, config: Config, data_record: dict | None = None) -> bool:
+    """True if `run_dir` holds a finished run of exactly `config` (on the data of `data_record`,
+    when given): reuse it. False if there is nothing or an unfinished run of them (train or
+    resume); a `UserError` otherwise."""
+    check_same_run(run_dir, config, data_record)
     return holds_config(run_dir) and is_finished(run_dir)
+
+
+def clear(run_dir: str | Path) -> None:
+    """Remove the run in `run_dir`: only the files this module names (and their unfinished
+    temporary copies), never anything else in the folder, and nothing at all from a folder
+    whose `config.json` is not cifarlab's."""
+    run_dir = Path(run_dir)
+    if holds_config(run_dir):
+        read_config(run_dir)  # Refuses another program's config.json.
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        for partial in run_dir.glob(f".{glob.escape(name)}.*.part"):
+            partial.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -238,160 +298,3 @@ def load_best_model(run_dir: str | Path, compile: bool = True):
         raise UserError(f"{run_dir} has no {BEST_MODEL}; train it first with cifarlab train.")
     builder = read_config(run_dir).model if holds_config(run_dir) else ""
     return models.load_model(path, builder, compile)
-
-
-# The views.
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run folder: what was trained (`config`), how it went (`history`) and `metrics`."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-        if not holds_config(self.path):
-            raise UserError(f"{self.path} is not a run folder (it has no {CONFIG}).")
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @cached_property
-    def config(self) -> Config:
-        return read_config(self.path)
-
-    @property
-    def metrics(self) -> dict:
-        """The contents of `metrics.json`; empty until the run has been evaluated."""
-        return read_metrics(self.path)
-
-    @property
-    def finished(self) -> bool:
-        return is_finished(self.path)
-
-    @property
-    def history_rows(self) -> list[dict]:
-        """One dict per finished epoch, as in `history.csv`."""
-        return read_history(self.path)
-
-    @property
-    def history(self) -> dict[str, np.ndarray]:
-        """Per-epoch columns of `history.csv` (loss, accuracy, val_loss, val_accuracy, ...)."""
-        rows = self.history_rows
-        keys = rows[0].keys() if rows else ()
-        return {key: np.array([row[key] for row in rows]) for key in keys}
-
-    @property
-    def environment(self) -> dict:
-        path = self.path / ENVIRONMENT
-        return read_json(path) if path.is_file() else {}
-
-    @property
-    def diagnosis(self) -> dict:
-        """The verdict and its numbers, stored in `metrics.json` when the run was evaluated."""
-        return self.finished_metrics().get("diagnosis") or {}
-
-    def finished_metrics(self) -> dict:
-        """`metrics`, or a `UserError` if the run has not been evaluated."""
-        metrics = self.metrics
-        if not metrics:
-            raise UserError(f"{self.path} has no {METRICS}; finish it with cifarlab train first.")
-        return metrics
-
-    def model(self):
-        """The best checkpoint as a `keras.Model`."""
-        return load_best_model(self.path)
-
-    def plot_curves(self):
-        """Training and validation accuracy and loss per epoch, as a matplotlib Figure."""
-        from cifarlab.report import plots
-
-        return plots.curves_figure(self.history_rows, self.metrics.get("best_epoch"), self.name)
-
-    def __repr__(self) -> str:
-        test = self.metrics.get("test", {})
-        accuracy = f", test accuracy {test['accuracy']:.2%}" if test else ""
-        return f"Run({str(self.path)!r}, {self.name}{accuracy})"
-
-    def _repr_html_(self) -> str:
-        metrics = self.metrics
-        if not metrics:
-            return f"<p>Run <code>{html.escape(str(self.path))}</code> (not evaluated yet)</p>"
-        cells = "".join(
-            f"<tr><td>{split}</td><td>{metrics[split]['loss']:.4f}</td>"
-            f"<td>{metrics[split]['accuracy']:.2%}</td></tr>"
-            for split in ("train", "val", "test")
-        )
-        verdict = metrics.get("diagnosis", {}).get("verdict", "")
-        return (
-            f"<p><b>{html.escape(self.name)}</b> — <code>{html.escape(str(self.path))}</code>, "
-            f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
-            f"{', ' + html.escape(verdict) if verdict else ''}</p>"
-            f"<table><tr><th>split</th><th>loss</th><th>accuracy</th></tr>{cells}</table>"
-        )
-
-
-@dataclass(frozen=True)
-class Study:
-    """A study folder: one run folder per experiment (or per experiment and seed, with repeats)
-    and the report built from them, read back as written."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-        if not (self.path / RESULTS_JSON).is_file():
-            raise UserError(f"{self.path} holds no study report (no {RESULTS_JSON}).")
-
-    @property
-    def results(self) -> list[dict]:
-        """One row per run, as in `results.csv`."""
-        return read_json(self.path / RESULTS_JSON)
-
-    @property
-    def summary(self) -> list[dict]:
-        """One row per experiment across its seeds, as in `summary.csv`; empty without repeats."""
-        path = self.path / SEED_SUMMARY_JSON
-        return read_json(path) if path.is_file() else []
-
-    @property
-    def runs(self) -> dict[str, Run]:
-        """The study's runs by experiment name, or by "<experiment>/seed=<s>" with repeats."""
-        rows = self.results
-        names = [row["experiment"] for row in rows]
-        if len(set(names)) == len(names):
-            return {name: Run(self.path / name) for name in names}
-        return {
-            f"{row['experiment']}/{SEED_PREFIX}{row['seed']}": Run(
-                seed_folder(self.path / row["experiment"], row["seed"])
-            )
-            for row in rows
-        }
-
-    @property
-    def comparisons(self) -> list[dict]:
-        """The diagnosis's comparison sentences, each with whether it agrees with the textbook."""
-        return self._stored_comparisons()["comparisons"]
-
-    @property
-    def differences(self) -> list[str]:
-        """Each experiment against the baseline on test accuracy across seeds, as sentences."""
-        return self._stored_comparisons()["differences"]
-
-    @property
-    def report(self) -> Path:
-        return self.path / REPORT_HTML
-
-    def _stored_comparisons(self) -> dict:
-        path = self.path / COMPARISONS
-        return read_json(path) if path.is_file() else {"comparisons": [], "differences": []}
-
-    def __repr__(self) -> str:
-        return f"Study({str(self.path)!r}, {', '.join(self.runs)})"
-
-    def _repr_html_(self) -> str:
-        from cifarlab.report import rendering
-
-        return rendering.study_summary_html(self)

@@ -1,8 +1,11 @@
-"""The whole study in one call: train each experiment, draw its figures, then write the report.
+"""The whole study in one call: train each experiment of a `plans.StudyPlan`, draw its figures,
+then write the report.
 
 Run folders go to `out/<experiment>/` and the report to `out/`. Rerunning the same command
 after an interruption reuses finished runs of the same config and resumes the one that was
-training from its last finished epoch; a folder holding another config is refused.
+training from its last finished epoch; a folder holding another config, or a run trained on
+other data, is refused. Experiments that split the data alike share one load of it; one that
+needs its own split (another `val_fraction`, `image_size`, ...) gets its own.
 
 With `repeats` K > 1 every experiment is trained with seeds seed, ..., seed + K - 1 into
 `out/<experiment>/seed=<s>/`, as Ray tasks (`cifarlab.scale.ray_jobs`), and the report adds
@@ -16,92 +19,85 @@ the other seeds get those drawn from their files alone, so the images are loaded
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
-from cifarlab import config as configs
-from cifarlab import run_folder, training
-from cifarlab.config import Config
+from cifarlab import builders, run_folder, training
+from cifarlab.config import Config, DataSpec
 from cifarlab.data import dataset
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import RunError, UserError
+from cifarlab.plans import StudyPlan
 from cifarlab.report import build, run_figures
-from cifarlab.scale.ray_jobs import RayOptions
 
 log = logging.getLogger(__name__)
-DEFAULT_EXPERIMENTS = ("baseline", "augmented", "batchnorm")
-PROJECTIONS = ("pca", "tsne")
 
 
-@dataclass(frozen=True)
-class StudyOptions:
-    """Everything one study is asked to do; `None` leaves an experiment's own setting."""
-
-    experiments: tuple[str, ...] | None = None  # None: the file's experiments, else the notebook's.
-    experiments_file: Path | None = None  # A TOML file of the user's own experiments.
-    model: str | None = None  # "package.module:function" replacing every experiment's network.
-    out: Path = Path("runs")
-    path: str | Path | None = None  # The data: None means `$CIFARLAB_DATA`, cache or download.
-    epochs: int | None = None
-    seed: int = 0
-    precision: str | None = None
-    projection: str = "pca"  # How the feature plot maps penultimate features to 2-D.
-    quiet: bool = False
-    repeats: int = 1  # Seeds per experiment; more than one runs them as Ray tasks.
-    ray: RayOptions = field(default_factory=RayOptions)
-    # Data settings: val_fraction, dataset, image_size, test_fraction (None: the default).
-    data_settings: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.projection not in PROJECTIONS:
-            raise UserError(
-                f"Unknown projection '{self.projection}'; choose {' or '.join(PROJECTIONS)}."
-            )
-        if self.repeats < 1:
-            raise UserError(f"repeats must be a positive whole number, not {self.repeats}.")
-        object.__setattr__(self, "out", Path(self.out))
-
-
-def train_and_report(options: StudyOptions, data: Dataset | None = None) -> dict[str, Path]:
+def train_and_report(plan: StudyPlan, data: Dataset | None = None) -> dict[str, Path]:
     """Train (or reuse) each experiment, draw its figures, write the report; return its files.
 
-    `data` is an already loaded dataset (its split settings then apply); without it the data is
-    read from `options.path`. With repeats each Ray task loads its own seed's split instead.
+    `data` is an already loaded dataset, which every config's data spec must match; without it
+    each distinct spec is read from `plan.path` once. With repeats each Ray task loads its own
+    seed's split instead.
     """
-    if options.repeats > 1 and data is not None:
-        raise UserError(
-            "With repeats each run loads its own seed's split, so give the data's path "
-            "instead of loaded data."
-        )
-    study_configs = experiment_configs(options, data)
-    if options.repeats > 1:
-        return _train_repeated(study_configs, options)
-    jobs = [(config, options.out / config.name) for config in study_configs]
-    reusable = {run_dir for config, run_dir in jobs if run_folder.finished_with(run_dir, config)}
-    # Every experiment shares the dataset, split and seed, so the images are read once.
-    if data is None:
-        data = dataset.load_for(study_configs[0], options.path, quiet=options.quiet)
+    study_configs = [builders.record_builder(config) for config in plan.configs]
+    if plan.repeats > 1:
+        if data is not None:
+            raise UserError(
+                "With repeats each run loads its own seed's split, so give the data's path "
+                "instead of loaded data."
+            )
+        return _train_repeated(study_configs, plan)
+    jobs = [(config, plan.out / config.name) for config in study_configs]
+    for config, run_dir in jobs:  # Refused before any data is read.
+        run_folder.check_same_config(run_dir, config)
+    loaded = _load_each_spec(study_configs, plan, data)
+    reusable = {
+        run_dir for config, run_dir in jobs
+        if run_folder.finished_with(run_dir, config, loaded[config.data_spec].record())
+    }  # fmt: skip
     for config, run_dir in jobs:
+        split = loaded[config.data_spec]
         if run_dir in reusable:
             log.info("%s: finished run found in %s; reusing it.", config.name, run_dir)
         else:
             log.info("%s: training into %s (%d epochs).", config.name, run_dir, config.epochs)
-            training.train_and_evaluate(config, run_dir, data, quiet=options.quiet)
+            training.train_and_evaluate(config, run_dir, split, quiet=plan.quiet)
         if run_dir not in reusable or run_figures.missing(run_dir):
-            run_figures.draw_all(run_dir, data, options.projection)
-    return build.write_report([run_dir for _, run_dir in jobs], options.out)
+            run_figures.draw_all(run_dir, split, plan.projection)
+    return build.write_report([run_dir for _, run_dir in jobs], plan.out)
 
 
-def _train_repeated(study_configs: list[Config], options: StudyOptions) -> dict[str, Path]:
+def _load_each_spec(
+    study_configs: list[Config], plan: StudyPlan, data: Dataset | None
+) -> dict[DataSpec, Dataset]:
+    """The study's data, once per distinct spec; `data` must be of the configs' one spec."""
+    specs = list(dict.fromkeys(config.data_spec for config in study_configs))
+    if data is None:
+        return {spec: dataset.load_spec(plan.path, spec, plan.quiet) for spec in specs}
+    for config in study_configs:
+        if config.data_spec != data.spec:
+            raise UserError(
+                f"{config.name} needs the data split as {_spec_text(config.data_spec)}, but the "
+                f"data given was split as {_spec_text(data.spec)}; give the data's path instead."
+            )
+    return {data.spec: data}
+
+
+def _spec_text(spec: DataSpec) -> str:
+    return ", ".join(f"{key} {value}" for key, value in spec.to_dict().items())
+
+
+def _train_repeated(study_configs: list[Config], plan: StudyPlan) -> dict[str, Path]:
     """Train each config with consecutive seeds as Ray tasks, then write the report."""
     from cifarlab.scale import ray_jobs
 
     jobs = [
-        ray_jobs.Job(seeded, run_folder.seed_folder(options.out / seeded.name, seeded.seed))
+        ray_jobs.Job(seeded, run_folder.seed_folder(plan.out / seeded.name, seeded.seed))
         for config in study_configs
-        for seeded in seeded_configs(config, options.repeats)
+        for seeded in seeded_configs(config, plan.repeats)
     ]
-    outcome = ray_jobs.train_on_ray(jobs, options.path, options.ray, progress=not options.quiet)
+    outcome = ray_jobs.train_on_ray(jobs, plan.path, plan.ray, progress=not plan.quiet)
     if outcome.failed:
         run_dir, reason = next(iter(outcome.failed.items()))
         raise RunError(
@@ -109,51 +105,18 @@ def _train_repeated(study_configs: list[Config], options: StudyOptions) -> dict[
             "rerun the same command to retry them."
         )
     trained = {Path(run_dir).resolve() for run_dir in outcome.finished}
-    data = None  # Only the first seed's split is loaded: it serves its runs' figures.
+    loaded: dict[DataSpec, Dataset] = {}  # Only the first seed's splits: they serve its figures.
     for job in jobs:
         if job.config.seed != study_configs[0].seed:
             continue
         if job.out_dir.resolve() in trained or run_figures.missing(job.out_dir):
-            if data is None:
-                data = dataset.load_for(job.config, options.path, quiet=options.quiet)
-            run_figures.draw_all(job.out_dir, data, options.projection)
-    return build.write_report([job.out_dir for job in jobs], options.out)
+            spec = job.config.data_spec
+            if spec not in loaded:
+                loaded[spec] = dataset.load_spec(plan.path, spec, quiet=plan.quiet)
+            run_figures.draw_all(job.out_dir, loaded[spec], plan.projection)
+    return build.write_report([job.out_dir for job in jobs], plan.out)
 
 
 def seeded_configs(config: Config, repeats: int) -> list[Config]:
     """`config` with seeds config.seed, config.seed + 1, ..., one per repeat."""
-    return [configs.override(config, seed=config.seed + index) for index in range(repeats)]
-
-
-def experiment_configs(options: StudyOptions, data: Dataset | None = None) -> list[Config]:
-    """The study's experiments with its shared overrides; names must be distinct."""
-    from cifarlab import experiments
-
-    # The file is read once; its experiments are then resolved as configs, built-ins by name.
-    declared = experiments.load_file(options.experiments_file) if options.experiments_file else {}
-    if options.experiments:
-        names = [name.strip() for name in options.experiments if name.strip()]
-    elif declared:
-        names = list(declared)
-    else:
-        names = list(DEFAULT_EXPERIMENTS)
-    if not names:
-        raise UserError("Name at least one experiment, e.g. --experiments baseline,batchnorm.")
-    if data is not None:
-        settings = data.split_settings
-    else:
-        settings = {"seed": options.seed, **options.data_settings}
-    study_configs = [
-        experiments.resolve(
-            declared.get(name, name),
-            epochs=options.epochs,
-            precision=options.precision,
-            model=options.model,
-            **settings,
-        )  # fmt: skip
-        for name in names
-    ]
-    resolved = [config.name for config in study_configs]
-    if len(set(resolved)) != len(resolved):
-        raise UserError(f"Each experiment may appear once in a study, not {', '.join(resolved)}.")
-    return study_configs
+    return [replace(config, seed=config.seed + index) for index in range(repeats)]

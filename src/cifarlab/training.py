@@ -52,7 +52,8 @@ def train_and_evaluate(
     """
     run_dir = Path(run_dir)
     with run_folder.exclusive(run_dir):
-        prepare_folder(config, run_dir, overwrite)
+        # A run from before data was recorded keeps no record rather than a guessed one.
+        record_data = prepare_folder(config, run_dir, data, overwrite)
         keras.utils.set_random_seed(config.seed)
         precision, reason = environment.choose_precision(config.precision)
         model = models.build_model(config, data.num_classes, environment.dtype_policy(precision))
@@ -60,6 +61,8 @@ def train_and_evaluate(
         steps = input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
         models.compile_model(model, config, steps, steps_per_execution())
         run_folder.write_json(run_dir / run_folder.CONFIG, config.to_dict())
+        if record_data:
+            run_folder.write_json(run_dir / run_folder.DATA, data.record())
         run_folder.write_json(
             run_dir / run_folder.ENVIRONMENT,
             {**environment.record(precision, reason), "data": data.source},
@@ -84,16 +87,18 @@ def steps_per_execution() -> int:
     return GPU_STEPS_PER_EXECUTION if on_gpu else CPU_STEPS_PER_EXECUTION
 
 
-def prepare_folder(config: Config, run_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix a different config into a run folder, or redo a finished run unasked."""
-    if overwrite and run_folder.holds_config(run_dir):
-        for child in run_dir.iterdir():
-            if child.name != run_folder.LOCK:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+def prepare_folder(config: Config, run_dir: Path, data: Dataset, overwrite: bool) -> bool:
+    """Refuse to mix a different config or other data into a run folder, or to redo a finished
+    run unasked; with `overwrite`, clear the run first. True if the folder is to record `data`
+    (one that has not trained yet, or one that recorded its data already)."""
+    if overwrite:
+        run_folder.clear(run_dir)
     remedy = "choose another --out or pass --overwrite to replace it"
-    run_folder.check_same_config(run_dir, config, remedy)
+    run_folder.check_same_run(run_dir, config, data.record(), remedy)
     if run_folder.is_finished(run_dir):
         raise UserError(f"{run_dir} holds a finished run; pass --overwrite to train it again.")
+    trained_before = (run_dir / run_folder.HISTORY).is_file()
+    return not trained_before or run_folder.read_data_record(run_dir) is not None
 
 
 def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks) -> bool:
@@ -117,7 +122,7 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping(config.early_stopping_patience, rows))
     if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
+        callbacks.append(keras.callbacks.TensorBoard(run_dir / run_folder.LOGS))
     callbacks.extend(extra_callbacks)
     train = input_pipeline.training_batches(
         data.x_train, data.y_train, data.num_classes, config.batch_size,

@@ -22,8 +22,8 @@ from cifarlab import diagnosis, run_folder
 from cifarlab.config import EXPERIMENTS, describe_differences
 from cifarlab.errors import UserError
 from cifarlab.report import pages, plots, run_figures
-from cifarlab.run_folder import Run
 from cifarlab.scale import statistics
+from cifarlab.views import Run
 
 # One results row per run; the columns in order. Later additions go at the end.
 RESULT_COLUMNS = (

@@ -15,8 +15,8 @@ from pathlib import Path
 from cifarlab import run_folder
 from cifarlab.report import rendering
 from cifarlab.report.rendering import results_columns, table
-from cifarlab.run_folder import Run
 from cifarlab.scale import statistics
+from cifarlab.views import Run
 
 DIAGNOSIS_COLUMNS = {  # Diagnosis number: (heading, format[, scale]).
     "experiment": ("Experiment", "{}"),

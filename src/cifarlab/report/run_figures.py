@@ -17,7 +17,7 @@ from cifarlab import run_folder
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
 from cifarlab.report import plots
-from cifarlab.run_folder import Run
+from cifarlab.views import Run
 
 FEATURE_IMAGES = 2000  # Test images in the feature plot: enough to see clusters, few to overlap.
 AUGMENTED_COPIES = 7  # Augmented versions shown beside the original image.

@@ -38,6 +38,7 @@ from cifarlab import run_folder
 from cifarlab.config import Config
 from cifarlab.data import dataset
 from cifarlab.errors import RunError, UserError
+from cifarlab.plans import RayOptions
 
 log = logging.getLogger(__name__)
 # Environment forwarded from the submitting process to every task, when set there.
@@ -50,17 +51,6 @@ class Job:
 
     config: Config
     out_dir: Path
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where the runs go and how much of a machine each one takes."""
-
-    address: str | None = None  # An existing cluster ("HOST:6379"); None starts a local Ray.
-    workers: int | None = None  # Runs at once; None fills whatever the cluster has free.
-    cpus_per_run: float = 1
-    gpus_per_run: float = 0
-    max_retries: int = 2  # Extra attempts for a task whose worker process died.
 
 
 @dataclass
@@ -90,6 +80,7 @@ def train_on_ray(
     """
     options = options or RayOptions()
     finished = {job.out_dir for job in jobs if run_folder.finished_with(job.out_dir, job.config)}
+    _check_data([job for job in jobs if job.out_dir in finished], data_path)
     outcome = Outcome(skipped=[job.out_dir for job in jobs if job.out_dir in finished])
     pending = [job for job in jobs if job.out_dir not in finished]
     if outcome.skipped:
@@ -115,6 +106,18 @@ def train_on_ray(
         )(train_one)
         _drive(task, pending, source, options.workers, outcome, progress)
     return outcome
+
+
+def _check_data(finished: list[Job], data_path: str | Path | None) -> None:
+    """Reuse a finished run only on the data it trained on (each distinct split loaded once;
+    the runs that train check theirs in their own task)."""
+    by_spec: dict = {}
+    for job in finished:
+        by_spec.setdefault(job.config.data_spec, []).append(job)
+    for spec, group in by_spec.items():
+        record = dataset.load_spec(data_path, spec, quiet=True).record()
+        for job in group:
+            run_folder.check_same_data(job.out_dir, record)
 
 
 @contextmanager

@@ -1,0 +1,274 @@
+"""A run is exactly what it says: what a user declares is what trains, a run folder records the
+data it trained on, and only its owner writes it. Each case goes through the real command line
+(`cli.main`, in process) on real-format data: the official CIFAR-10 archive layout and class
+folders of image files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarlab import cli, load_data, run_folder, train
+from tests.conftest import write_cifar10_archive
+
+FAST = ("--epochs", "1", "--precision", "float32", "--quiet")
+
+
+def cifarlab(*arguments: object) -> int:
+    return cli.main([str(argument) for argument in arguments])
+
+
+def stored(run_dir: Path, name: str = "config.json") -> dict:
+    return json.loads((run_dir / name).read_text())
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def other_archive(tmp_path_factory) -> Path:
+    """The same layout and sizes as `tiny_archive`, other images: another dataset."""
+    folder = tmp_path_factory.mktemp("other")
+    return write_cifar10_archive(folder / "cifar-10-python.tar.gz", seed=1)
+
+
+@pytest.fixture(scope="module")
+def fruit_folders(tmp_path_factory) -> Path:
+    """Three classes of 20 PNG photos each, with no test/ folder: a test share is carved out."""
+    root = tmp_path_factory.mktemp("fruit")
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(("apple", "banana", "cherry")):
+        (root / name).mkdir()
+        for number in range(20):
+            colour = np.array([(200, 30, 30), (230, 210, 40), (40, 30, 160)][index])
+            pixels = np.clip(colour + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{number:02}.png")
+    return root
+
+
+@pytest.fixture
+def finished_run(tiny_archive, tmp_path) -> Path:
+    out = tmp_path / "baseline"
+    assert cifarlab("train", "baseline", "--data", tiny_archive, "--out", out, *FAST) == 0
+    return out
+
+
+# 1. Command-line defaults never overwrite what an experiment or a TOML file declares.
+
+
+def test_train_modern_records_and_uses_its_recipes_validation_share(tiny_archive, tmp_path):
+    out = tmp_path / "modern"
+    assert cifarlab("train", "modern", "--data", tiny_archive, "--out", out, *FAST) == 0
+    assert stored(out)["val_fraction"] == 0.02
+    # 2% of 80 images, at least one of each class: 10, where the 0.2 default would hold 20.
+    assert stored(out, "dataset.json")["images"]["val"] == 10
+
+
+def test_a_toml_files_split_and_precision_take_effect_and_flags_override_them(
+    tiny_archive, tmp_path
+):
+    declared = tmp_path / "study.toml"
+    declared.write_text(
+        '[experiments.half]\nbase = "baseline"\nepochs = 1\nval_fraction = 0.5\n'
+        'precision = "float32"\n'
+    )
+    out = tmp_path / "half"
+    assert cifarlab("train", "half", "--experiments", declared, "--data", tiny_archive,
+                    "--out", out, "--quiet") == 0  # fmt: skip
+    assert (stored(out)["val_fraction"], stored(out)["precision"]) == (0.5, "float32")
+    assert stored(out, "dataset.json")["images"]["val"] == 40
+    assert stored(out, "environment.json")["precision"] == "float32"
+
+    flagged = tmp_path / "flagged"
+    assert cifarlab("train", "half", "--experiments", declared, "--data", tiny_archive,
+                    "--out", flagged, "--quiet", "--val-fraction", "0.25",
+                    "--precision", "bfloat16") == 0  # fmt: skip
+    assert (stored(flagged)["val_fraction"], stored(flagged)["precision"]) == (0.25, "bfloat16")
+    assert stored(flagged, "dataset.json")["images"]["val"] == 20
+
+
+# 2. A run records the split it was given, and `evaluate` scores that same split.
+
+
+def test_loaded_class_folders_record_their_test_share_and_evaluate_reuses_it(
+    fruit_folders, tmp_path
+):
+    data = load_data(fruit_folders, test_fraction=0.5, quiet=True)
+    out = tmp_path / "fruit"
+    run = train("baseline", data=data, out=out, epochs=1, precision="float32", quiet=True)
+    assert run.config.test_fraction == 0.5
+    assert stored(out, "dataset.json")["images"]["test"] == 30 == len(data.y_test)
+    assert cifarlab("evaluate", out, "--data", fruit_folders) == 0
+    again = stored(out, "evaluation.json")
+    assert sum(scores["support"] for scores in again["per_class"].values()) == 30
+    assert again["test"] == run.metrics["test"]
+
+
+# 3. A study splits the data as each experiment asks, loading each split once.
+
+
+def test_a_study_gives_each_experiment_its_own_split_and_image_size(tiny_archive, tmp_path):
+    declared = tmp_path / "mixed.toml"
+    declared.write_text(
+        "[experiments.baseline]\n[experiments.modern]\n"
+        '[experiments.larger]\nbase = "baseline"\nimage_size = 40\n'
+    )
+    out = tmp_path / "study"
+    assert cifarlab("study", "--experiments", declared, "--data", tiny_archive, "--out", out,
+                    *FAST) == 0  # fmt: skip
+    validation = {name: stored(out / name, "dataset.json")["images"]["val"]
+                  for name in ("baseline", "modern", "larger")}  # fmt: skip
+    assert validation == {"baseline": 20, "modern": 10, "larger": 20}
+    assert stored(out / "modern")["val_fraction"] == 0.02
+    assert "(None, 40, 40, 3)" in (out / "larger" / "summary.txt").read_text()
+    assert "(None, 32, 32, 3)" in (out / "baseline" / "summary.txt").read_text()
+
+
+# 4. A run's identity includes its data: resuming or reusing it on other data is refused.
+
+
+def test_resuming_on_other_data_is_refused_naming_both_sources(
+    finished_run, other_archive, tiny_archive, capsys
+):
+    # What a kill during the final evaluation leaves: every epoch, no metrics.
+    (finished_run / "metrics.json").unlink()
+    history = (finished_run / "history.csv").read_bytes()
+    assert cifarlab("train", "baseline", "--data", other_archive, "--out", finished_run,
+                    *FAST) == 2  # fmt: skip
+    line = error_line(capsys)
+    assert "trained on other data" in line
+    assert str(tiny_archive) in line and str(other_archive) in line
+    assert (finished_run / "history.csv").read_bytes() == history
+    assert not (finished_run / "metrics.json").exists()
+    # On its own data it resumes and finishes.
+    assert cifarlab("train", "baseline", "--data", tiny_archive, "--out", finished_run,
+                    *FAST) == 0  # fmt: skip
+
+
+def test_a_study_does_not_reuse_a_run_finished_on_other_data(finished_run, other_archive, capsys):
+    metrics = (finished_run / "metrics.json").read_bytes()
+    assert cifarlab("study", "--experiments", "baseline", "--data", other_archive,
+                    "--out", finished_run.parent, *FAST) == 2  # fmt: skip
+    assert "trained on other data" in error_line(capsys)
+    assert (finished_run / "metrics.json").read_bytes() == metrics
+
+
+def test_a_run_from_before_data_was_recorded_resumes_and_says_what_it_lacks(
+    finished_run, tiny_archive, capsys
+):
+    (finished_run / "dataset.json").unlink()
+    (finished_run / "metrics.json").unlink()
+    assert cifarlab("train", "baseline", "--data", tiny_archive, "--out", finished_run,
+                    *FAST) == 0  # fmt: skip
+    assert "records no data fingerprint" in capsys.readouterr().err
+    assert not (finished_run / "dataset.json").exists()  # Not guessed after the fact.
+
+
+# 5. `evaluate` reads a run; it never makes one look finished or scores it on other data.
+
+
+def test_evaluate_refuses_an_interrupted_run_and_the_resume_still_trains(
+    tiny_archive, tmp_path, capsys
+):
+    out = tmp_path / "baseline"
+    assert cifarlab("train", "baseline", "--data", tiny_archive, "--out", out, *FAST) == 0
+    (out / "metrics.json").unlink()
+    capsys.readouterr()
+    assert cifarlab("evaluate", out, "--data", tiny_archive) == 2
+    assert "cifarlab train" in error_line(capsys)
+    assert not (out / "metrics.json").exists()
+    # Still unfinished and still a 1-epoch run: a longer study is refused, not handed it.
+    assert cifarlab("study", "--experiments", "baseline", "--data", tiny_archive,
+                    "--out", tmp_path, "--epochs", "2", "--precision", "float32",
+                    "--quiet") == 2  # fmt: skip
+    assert "epochs 1 → 2" in error_line(capsys)
+    assert cifarlab("study", "--experiments", "baseline", "--data", tiny_archive,
+                    "--out", tmp_path, *FAST) == 0  # fmt: skip
+    assert run_folder.is_finished(out)
+
+
+def test_evaluate_refuses_a_run_being_trained(finished_run, tiny_archive, capsys):
+    metrics = (finished_run / "metrics.json").read_bytes()
+    with run_folder.exclusive(finished_run):  # The lock a training process holds.
+        assert cifarlab("evaluate", finished_run, "--data", tiny_archive) == 2
+    assert "being written by another cifarlab process" in error_line(capsys)
+    assert (finished_run / "metrics.json").read_bytes() == metrics
+
+
+def test_evaluate_refuses_other_classes_either_way_and_keeps_the_runs_metrics(
+    finished_run, fruit_folders, tiny_archive, tmp_path, capsys
+):
+    metrics = (finished_run / "metrics.json").read_bytes()
+    assert cifarlab("evaluate", finished_run, "--data", fruit_folders) == 2
+    assert "classes" in error_line(capsys)
+    assert (finished_run / "metrics.json").read_bytes() == metrics
+
+    fruit_run = tmp_path / "fruit"
+    assert cifarlab("train", "baseline", "--data", fruit_folders, "--out", fruit_run, *FAST) == 0
+    capsys.readouterr()
+    assert cifarlab("evaluate", fruit_run, "--data", tiny_archive) == 2
+    assert "classes" in error_line(capsys)
+
+
+def test_evaluate_writes_beside_the_runs_own_metrics(finished_run, tiny_archive):
+    metrics = (finished_run / "metrics.json").read_bytes()
+    assert cifarlab("evaluate", finished_run, "--data", tiny_archive) == 0
+    assert (finished_run / "metrics.json").read_bytes() == metrics
+    assert stored(finished_run, "evaluation.json")["test"] == json.loads(metrics)["test"]
+
+
+# 6. `--overwrite` removes only what cifarlab wrote.
+
+
+def test_overwrite_refuses_a_folder_holding_another_programs_config(tiny_archive, tmp_path, capsys):
+    folder = tmp_path / "thesis"
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / "config.json").write_text('{"theme": "dark", "font_size": 12}\n')
+    (folder / "thesis.tex").write_text("\\chapter{Results}\n")
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    assert cifarlab("train", "baseline", "--data", tiny_archive, "--out", folder, "--overwrite",
+                    *FAST) == 2  # fmt: skip
+    assert "not written by cifarlab" in error_line(capsys)
+    assert all(path.read_bytes() == content for path, content in before.items())
+
+
+def test_overwrite_replaces_the_run_and_keeps_everything_else(finished_run, tiny_archive):
+    (finished_run / "notes.md").write_text("my notes\n")
+    (finished_run / "exports").mkdir()
+    (finished_run / "exports" / "model.onnx").write_bytes(b"onnx")
+    assert cifarlab("train", "baseline", "--data", tiny_archive, "--out", finished_run,
+                    "--overwrite", *FAST) == 0  # fmt: skip
+    assert (finished_run / "notes.md").read_text() == "my notes\n"
+    assert (finished_run / "exports" / "model.onnx").read_bytes() == b"onnx"
+    assert run_folder.is_finished(finished_run)
+
+
+# Old and hand-edited run folders.
+
+
+def test_a_modern_run_from_before_the_network_setting_still_reads_as_modern():
+    from cifarlab import config
+
+    old = {key: value for key, value in config.MODERN.to_dict().items() if key != "network"}
+    old.update(model="cifarlab.models:residual_network", model_sha256="0" * 64)
+    assert config.Config.from_dict(old) == config.MODERN
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("epochs", "three"), ("filters", 5), ("learning_rate", None)]
+)
+def test_a_hand_edited_config_is_refused_in_one_sentence(finished_run, key, value, capsys):
+    values = stored(finished_run)
+    values[key] = value
+    (finished_run / "config.json").write_text(json.dumps(values))
+    assert cifarlab("report", finished_run, "--out", finished_run.parent / "report") == 2
+    line = error_line(capsys)
+    assert "is damaged" in line and key in line
