@@ -145,7 +145,8 @@ class Study:
 
     @property
     def summary(self) -> list[dict]:
-        """One row per experiment across its seeds, as in the summary table; empty without repeats."""
+        """One row per experiment across its seeds, as in the summary table; empty without
+        repeats."""
         path = self.path / SEED_SUMMARY_JSON
         return read_json(path) if path.is_file() else []
 
