@@ -123,15 +123,31 @@ def test_a_different_config_in_a_finished_sweep_is_refused_naming_it(
 
 
 def training_worker() -> int | None:
-    """The process id of a Ray worker running `train_one` (Ray titles it `ray::train_one`)."""
+    """The process id of a Ray worker of this test's own Ray running `train_one` (Ray titles it
+    `ray::train_one`): a descendant of this process, never another user's worker."""
     for entry in Path("/proc").iterdir():
         try:
             title = (entry / "cmdline").read_bytes().split(b"\0")[0]
         except OSError:
             continue
-        if entry.name.isdigit() and title.startswith(b"ray::train_one"):
+        own = entry.name.isdigit() and descends_from_this_process(int(entry.name))
+        if own and title.startswith(b"ray::train_one"):
             return int(entry.name)
     return None
+
+
+def descends_from_this_process(pid: int) -> bool:
+    """Whether `pid`'s chain of parents reaches this test process (the local Ray's driver)."""
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        try:
+            # The parent id is the field after the parenthesised command, which may hold spaces.
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rpartition(")")[2].split()[1])
+    return False
 
 
 def kill_the_worker_once_it_trains(run_dir: Path, timeout: float = 300) -> None:

@@ -220,11 +220,19 @@ def test_early_stopping_stops_by_keras_rule_and_a_rerun_evaluates_without_retrai
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == len(losses)
 
 
-def test_a_loss_that_becomes_nan_stops_training_with_one_sentence(tiny_archive, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "diverging",
+    [
+        ["--learning-rate", "1e12"],  # NaN on AVX2 CPUs, a finite 1e25 on an AMX Xeon.
+        ["--model", "tests.custom_models:confidently_wrong"],  # Finite on every CPU.
+    ],
+    ids=["blown-up-learning-rate", "finite-but-far-above-chance"],
+)
+def test_a_diverging_run_stops_with_one_sentence(diverging, tiny_archive, tmp_path, capsys):
     out = tmp_path / "run"
     arguments = ["train", "baseline", "--data", str(tiny_archive), "--epochs", "3",
-                 "--learning-rate", "1e12", "--out", str(out), "--quiet"]  # fmt: skip
+                 "--precision", "float32", *diverging, "--out", str(out), "--quiet"]  # fmt: skip
     assert cli.main(arguments) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("cifarlab: Training loss became NaN") and "Traceback" not in error
+    assert error.startswith("cifarlab: Training diverged") and "Traceback" not in error
     assert len(read_history(out)) == 1 and not (out / "metrics.json").exists()

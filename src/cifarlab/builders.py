@@ -30,8 +30,14 @@ def import_builder(path: str) -> Builder:
             f"Cannot import the model builder {path} ({error}); give package.module:function "
             "of an importable module."
         ) from error
-    if not callable(builder):
-        raise UserError(f"{path} is not a function.")
+    try:
+        inspect.signature(builder).bind(None, None, None)
+    except TypeError as error:  # Not callable, or not with (config, input_shape, num_classes).
+        raise UserError(
+            f"{path} is not a function (config, input_shape, num_classes) -> keras.Model."
+        ) from error
+    except ValueError:
+        pass  # A callable whose signature Python cannot read: its call will tell.
     return builder
 
 

@@ -18,6 +18,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 NETWORKS = ("notebook", "residual")
+_BUILDER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 # How runs before the `network` setting named modern's network: as a user's builder.
 _OLD_RESIDUAL_BUILDER = "cifarlab.models:residual_network"
 
@@ -122,7 +123,8 @@ class Config:
         _check(self.weight_decay >= 0, "weight_decay", "be at least 0")
         _check(0 <= self.label_smoothing < 1, "label_smoothing", "lie in [0, 1)")
         _check(self.early_stopping_patience >= 0, "early_stopping_patience", "be at least 0")
-        _check(not self.model or ":" in self.model, "model", "be written package.module:function")
+        _check(not self.model or _BUILDER_PATH.fullmatch(self.model) is not None, "model",
+               "be written package.module:function")  # fmt: skip
         _check(self.network in NETWORKS, "network", f"be one of {', '.join(NETWORKS)}")
 
     def to_dict(self) -> dict:

@@ -1,7 +1,7 @@
 """The notebook's steps E, F and H: train one experiment into a run folder, resumably.
 
 `train_and_evaluate` trains with Keras's stock callbacks (checkpoint of the lowest validation
-loss, CSV history, BackupAndRestore, TerminateOnNaN, and EarlyStopping when the config asks
+loss, CSV history, BackupAndRestore, a stop on divergence, and EarlyStopping when the config asks
 for it), then evaluates the best checkpoint. The run folder's files are
 `cifarlab.run_folder`'s; rerunning the same command continues an interrupted run from its last
 finished epoch.
@@ -31,6 +31,8 @@ from cifarlab.errors import RunError, UserError
 CPU_STEPS_PER_EXECUTION = 1
 GPU_STEPS_PER_EXECUTION = 32
 # The files Keras's BackupAndRestore keeps in the run folder's backup folder.
+# A training loss this many times a uniform guess's, ln(classes), means the run diverged.
+DIVERGENCE_FACTOR = 4
 _BACKUP_WEIGHTS = "latest.weights.h5"
 _BACKUP_METADATA = "training_metadata.json"
 
@@ -71,13 +73,14 @@ def train_and_evaluate(
         initial_epoch = _resume_epoch(run_dir, config)
         rows = run_folder.read_history(run_dir)[:initial_epoch]
         run_folder.write_history(run_dir, rows)
-        if not _done(rows, config) and _fit(
-            model, config, data, run_dir, rows, quiet, tensorboard, callbacks
-        ):
-            raise RunError(
-                f"Training loss became NaN in {run_dir}; the best checkpoint so far is kept "
-                f"in {run_folder.BEST_MODEL}. Try a lower --learning-rate."
-            )
+        if not _done(rows, config):
+            diverged = _fit(model, config, data, run_dir, rows, quiet, tensorboard, callbacks)
+            if diverged is not None:
+                raise RunError(
+                    f"Training diverged in {run_dir} (loss {diverged:.4g}, above "
+                    f"{DIVERGENCE_FACTOR} times a uniform guess's); the best checkpoint so far "
+                    f"is kept in {run_folder.BEST_MODEL}. Try a lower --learning-rate."
+                )
         return evaluation.evaluate_run(run_dir, data)
 
 
@@ -101,9 +104,9 @@ def prepare_folder(config: Config, run_dir: Path, data: Dataset, overwrite: bool
     return not trained_before or run_folder.read_data_record(run_dir) is not None
 
 
-def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks) -> bool:
-    """Fit with the stock callbacks after the epochs in `rows`; True if training stopped because
-    the loss became NaN."""
+def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks) -> float | None:
+    """Fit with the stock callbacks after the epochs in `rows`; the loss that stopped it if
+    training diverged, else None."""
     first_epoch = len(rows)
     best_so_far = min((row["val_loss"] for row in rows), default=None)
     checkpoint = keras.callbacks.ModelCheckpoint(
@@ -112,12 +115,13 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
         save_best_only=True,
         initial_value_threshold=best_so_far,
     )
+    divergence = StopOnDivergence(DIVERGENCE_FACTOR * math.log(max(2, data.num_classes)))
     callbacks = [
         EpochTimer(),  # First, so the other callbacks see each epoch's seconds.
         checkpoint,
         keras.callbacks.CSVLogger(run_dir / run_folder.HISTORY, append=True),
         keras.callbacks.BackupAndRestore(run_dir / run_folder.BACKUP, double_checkpoint=True),
-        keras.callbacks.TerminateOnNaN(),
+        divergence,
     ]
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping(config.early_stopping_patience, rows))
@@ -142,8 +146,8 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
         shuffle=False,  # The batches are shuffled by the input pipeline itself.
         verbose=2 if quiet else 1,
     )
-    losses = history.history.get("loss", [])
-    return bool(losses) and not math.isfinite(losses[-1])  # What TerminateOnNaN stopped on.
+    del history
+    return divergence.loss
 
 
 def _resume_epoch(run_dir: Path, config: Config) -> int:
@@ -210,6 +214,29 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         if self.losses:
             best = self.losses.index(min(self.losses))  # Keras keeps the first of equal values.
             self.best, self.wait = self.losses[best], len(self.losses) - 1 - best
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stops training once the running training loss is not finite or exceeds `limit`.
+
+    Keras's TerminateOnNaN catches only NaN and infinity, but a run whose learning rate blew up
+    can keep a finite loss: about 1e25 was measured at learning rate 1e12 on an AMX Xeon, in
+    bfloat16 and float32, where an AVX2 CPU gets NaN. No run that learns has a training loss
+    far above a uniform guess's, ln(classes): Keras clips probabilities at 1e-7, so the loss of
+    a network that has not learned yet stays near ln(classes) and only a diverged one nears
+    -ln(1e-7) = 16.1 per image, or beyond with non-finite weights.
+    """
+
+    def __init__(self, limit: float):
+        super().__init__()
+        self.limit = limit
+        self.loss: float | None = None  # The loss that stopped training, if any.
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not (math.isfinite(float(loss)) and float(loss) <= self.limit):
+            self.loss = float(loss)
+            self.model.stop_training = True
 
 
 class EpochTimer(keras.callbacks.Callback):

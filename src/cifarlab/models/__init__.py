@@ -9,6 +9,8 @@ network works.
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 import keras
@@ -48,6 +50,12 @@ def build_model(
     keras.config.set_dtype_policy(dtype_policy or "float32")
     try:
         model = builder(config, input_shape, num_classes)
+    except Exception as error:  # The user's code: its failure is reported, not a traceback.
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise UserError(
+            f"The model builder {config.model} failed ({reason}); it must build a keras.Model "
+            "from (config, input_shape, num_classes)."
+        ) from error
     finally:
         keras.config.set_dtype_policy(previous)
     if not isinstance(model, keras.Model):
@@ -57,8 +65,33 @@ def build_model(
 
 def load_model(path: Path, builder: str = "", compile: bool = True) -> keras.Model:
     """The Keras model file at `path`, saved by a run of `builder` ("package.module:function",
-    or "" for cifarlab's own): the builder's module is imported first, so that Keras finds the
-    layer classes it registers, as it finds cifarlab's own (`networks`)."""
-    if builder:
+    or "" for cifarlab's own). The builder's module is imported first only when the file says
+    some of its layers are classes of that module, so that Keras finds the classes it
+    registers; a config naming any other module imports nothing. cifarlab's own layers are
+    found as they are (`networks`)."""
+    module = builder.partition(":")[0]
+    if module and module in own_layer_modules(path):
         builders.import_builder(builder)
     return keras.models.load_model(path, compile=compile)
+
+
+def own_layer_modules(path: Path) -> set[str]:
+    """The modules outside Keras that the model file at `path` names for its layer classes,
+    read from the file's `config.json` without running anything; empty if it is not a
+    `.keras` file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            stored = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return set()
+    found, pending = set(), [stored]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            module = item.get("module")
+            if "class_name" in item and isinstance(module, str) and module.split(".")[0] != "keras":
+                found.add(module)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return found
