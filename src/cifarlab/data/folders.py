@@ -7,14 +7,15 @@ Two layouts are read; class names are the folder names, sorted:
 
 Every image becomes RGB, is centre-cropped to a square and resized to the model's input size.
 Decoding runs in worker processes with a progress bar; the result is cached in the per-user
-cache, keyed by the folder's file list, sizes and modification times. Nothing is written
-inside the dataset folder.
+cache, keyed by the folder's file list, sizes and modification times (without a usable cache,
+every run decodes again). Nothing is written inside the dataset folder.
 
     cifarlab data info --data my_photos/
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import warnings
@@ -67,10 +68,14 @@ def is_class_folder(path: Path) -> bool:
 
 def read(root: Path, image_size: int, quiet: bool = False) -> Decoded:
     """All images under `root`, decoded to `image_size` squares, from the cache when unchanged."""
-    files = class_images(root)
-    entries = [(file.relative, file.size, file.modified) for file in files]
-    key = cache.fingerprint(entries, str(root.resolve()), image_size, DECODER_VERSION)
-    arrays = cache.arrays(f"folder-{key}", lambda: _decode_dataset(root, files, image_size, quiet))
+    try:
+        files = class_images(root)
+        entries = [(file.relative, file.size, file.modified) for file in files]
+        key = cache.fingerprint(entries, str(root.resolve()), image_size, DECODER_VERSION)
+        decode = functools.partial(_decode_dataset, root, files, image_size, quiet)
+        arrays = cache.arrays(f"folder-{key}", decode)
+    finally:
+        cache.release(root)  # An archive extracted to a temporary folder, for lack of a cache.
     decoded = Decoded(
         images=arrays["images"],
         labels=arrays["labels"],
