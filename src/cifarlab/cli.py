@@ -62,6 +62,35 @@ def _check_port(host: str, port: int) -> None:
             ) from error
 
 
+def _check_output_folder(path: Path | None, flag: str = "--out") -> None:
+    """Refuse a folder that cannot be written (a file, a read-only place) before any work."""
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"The {flag} folder {path} is a file; choose a folder.")
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir():
+        raise UserError(
+            f"The {flag} folder {path} lies inside the file {existing}; choose a folder."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"The {flag} folder {path} cannot be written ({existing} is read-only); "
+                        "choose another folder.")  # fmt: skip
+
+
+def _os_error_sentence(error: OSError) -> str:
+    """One sentence for a failed read or write, saying what to do."""
+    reason = error.strerror or str(error).splitlines()[0]
+    where = f" {error.filename}" if error.filename else ""
+    if error.errno == errno.ENOSPC or "No space left" in str(error):
+        reason = "no space left on the device"
+    return (
+        f"Could not read or write{where} ({reason}); make room or choose another folder, then "
+        "rerun the same command: finished work is kept and training resumes."
+    )
+
+
 def _quiet_tensorflow(verbose: bool) -> None:
     """Load Keras now, keeping TensorFlow's start-up chatter and warnings off the screen.
 
@@ -138,6 +167,7 @@ def _resolved_experiment(args: argparse.Namespace) -> configs.Config:
 def _train(args: argparse.Namespace) -> int:
     config = _resolved_experiment(args)
     _check_data(args)
+    _check_output_folder(args.out)
     _quiet_tensorflow(args.verbose)
     from cifarlab import api, evaluation
 
@@ -167,6 +197,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     base = _resolved_experiment(args)
     _check_data(args)
+    _check_output_folder(args.out)
     from cifarlab import builders
     from cifarlab.scale import sweep
 
@@ -205,6 +236,7 @@ def _study(args: argparse.Namespace) -> int:
         model=args.model, **data_overrides(args),
     )  # fmt: skip
     _check_data(args)
+    _check_output_folder(plan.out)
     _quiet_tensorflow(args.verbose)
     from cifarlab import api
 
@@ -216,6 +248,7 @@ def _study(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         _check_exists(run_dir, "Run folder", "name run folders or a study folder")
+    _check_output_folder(args.out)
     from cifarlab import api
 
     written = api.build_report(args.run_dirs, args.out)
@@ -227,6 +260,7 @@ def _predict(args: argparse.Namespace) -> int:
     _check_exists(args.model, "Model", "name a run folder or a .keras file")
     for image in args.images:
         _check_exists(image, "Image", "name image files or folders of them")
+    _check_output_folder(args.explain, "--explain")
     _quiet_tensorflow(args.verbose)
     from cifarlab import prediction
 
@@ -331,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunError as error:
         print(f"cifarlab: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # A full disk, a read-only folder: the work done so far is kept.
+        print(f"cifarlab: {_os_error_sentence(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cifarlab: interrupted; rerun the same command to resume.", file=sys.stderr)

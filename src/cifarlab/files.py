@@ -17,15 +17,16 @@ import numpy as np
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A private temporary path beside `path`, renamed onto it once the block succeeds.
+def atomic_path(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
+    """A private temporary path beside `path`, renamed onto it once the block succeeds; its
+    name ends in `suffix` (Keras saves models only to names ending in ".keras").
 
     The file gets the permissions a plainly created one would (0666 less the umask), not
     `mkstemp`'s owner-only 0600, so shared run folders stay readable.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(handle)
     umask = os.umask(0)
     os.umask(umask)

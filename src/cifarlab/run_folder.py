@@ -41,7 +41,7 @@ from cifarlab.errors import UserError
 
 # Every file that marks progress or holds results is written whole or not at all; the writers
 # are `cifarlab.files`'s, named here too so that the format's owner is the one callers ask.
-from cifarlab.files import save_array, write_csv, write_json, write_text  # noqa: F401
+from cifarlab.files import atomic_path, save_array, write_csv, write_json, write_text  # noqa: F401
 
 # One run.
 CONFIG = "config.json"
@@ -247,7 +247,7 @@ def clear(run_dir: str | Path) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-        for partial in run_dir.glob(f".{glob.escape(name)}.*.part"):
+        for partial in run_dir.glob(f".{glob.escape(name)}.*"):  # Left by a kill mid-write.
             partial.unlink(missing_ok=True)
 
 

@@ -1,10 +1,10 @@
 """The notebook's steps E, F and H: train one experiment into a run folder, resumably.
 
-`train_and_evaluate` trains with Keras's stock callbacks (checkpoint of the lowest validation
-loss, CSV history, BackupAndRestore, a stop on divergence, and EarlyStopping when the config asks
-for it), then evaluates the best checkpoint. The run folder's files are
-`cifarlab.run_folder`'s; rerunning the same command continues an interrupted run from its last
-finished epoch.
+`train_and_evaluate` trains with Keras's stock callbacks (CSV history, BackupAndRestore, and
+EarlyStopping when the config asks for it) and two of its own: the checkpoint of the lowest
+validation loss, written whole or not at all, and a stop on divergence. It then evaluates the
+best checkpoint. The run folder's files are `cifarlab.run_folder`'s; rerunning the same
+command continues an interrupted run from its last finished epoch.
 
     cifarlab train baseline --data cifar-10-python.tar.gz --out runs/baseline
 """
@@ -31,7 +31,8 @@ from cifarlab.errors import RunError, UserError
 CPU_STEPS_PER_EXECUTION = 1
 GPU_STEPS_PER_EXECUTION = 32
 # The files Keras's BackupAndRestore keeps in the run folder's backup folder.
-# A training loss this many times a uniform guess's, ln(classes), means the run diverged.
+# Training and validation losses this many times a uniform guess's, ln(classes), mean the run
+# diverged.
 DIVERGENCE_FACTOR = 4
 _BACKUP_WEIGHTS = "latest.weights.h5"
 _BACKUP_METADATA = "training_metadata.json"
@@ -77,8 +78,8 @@ def train_and_evaluate(
             diverged = _fit(model, config, data, run_dir, rows, quiet, tensorboard, callbacks)
             if diverged is not None:
                 raise RunError(
-                    f"Training diverged in {run_dir} (loss {diverged:.4g}, above "
-                    f"{DIVERGENCE_FACTOR} times a uniform guess's); the best checkpoint so far "
+                    f"Training diverged in {run_dir} (loss {diverged:.4g}; a uniform guess's "
+                    f"is {math.log(max(2, data.num_classes)):.2f}); the best checkpoint so far "
                     f"is kept in {run_folder.BEST_MODEL}. Try a lower --learning-rate."
                 )
         return evaluation.evaluate_run(run_dir, data)
@@ -109,12 +110,7 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
     training diverged, else None."""
     first_epoch = len(rows)
     best_so_far = min((row["val_loss"] for row in rows), default=None)
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        run_dir / run_folder.BEST_MODEL,
-        monitor="val_loss",
-        save_best_only=True,
-        initial_value_threshold=best_so_far,
-    )
+    checkpoint = BestCheckpoint(run_dir / run_folder.BEST_MODEL, best_so_far)
     divergence = StopOnDivergence(DIVERGENCE_FACTOR * math.log(max(2, data.num_classes)))
     callbacks = [
         EpochTimer(),  # First, so the other callbacks see each epoch's seconds.
@@ -216,15 +212,37 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
             self.best, self.wait = self.losses[best], len(self.losses) - 1 - best
 
 
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keras's `ModelCheckpoint(monitor="val_loss", save_best_only=True)` rule, each save
+    written whole or not at all: ModelCheckpoint writes the file in place, so a full disk or a
+    kill during the save tore the previous best checkpoint; here the model goes to a temporary
+    name that is renamed over it."""
+
+    def __init__(self, path: Path, best: float | None = None):
+        super().__init__()
+        self.path = path
+        self.best = math.inf if best is None else best  # Lowest validation loss saved so far.
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get("val_loss")
+        if current is None or not float(current) < self.best:  # NaN is never better.
+            return
+        self.best = float(current)
+        with run_folder.atomic_path(self.path, suffix=".keras") as partial:
+            self.model.save(partial)
+
+
 class StopOnDivergence(keras.callbacks.Callback):
-    """Stops training once the running training loss is not finite or exceeds `limit`.
+    """Stops training when the loss stops being a number, or when an epoch ends with both the
+    training and the validation loss above `limit`.
 
     Keras's TerminateOnNaN catches only NaN and infinity, but a run whose learning rate blew up
     can keep a finite loss: about 1e25 was measured at learning rate 1e12 on an AMX Xeon, in
-    bfloat16 and float32, where an AVX2 CPU gets NaN. No run that learns has a training loss
-    far above a uniform guess's, ln(classes): Keras clips probabilities at 1e-7, so the loss of
-    a network that has not learned yet stays near ln(classes) and only a diverged one nears
-    -ln(1e-7) = 16.1 per image, or beyond with non-finite weights.
+    bfloat16 and float32, where an AVX2 CPU gets NaN. A high training loss alone is no proof:
+    at learning rate 0.01 the notebook's network averaged 16.3 over its first epoch on a few
+    images (the cross-entropy is computed from the logits, so unbounded) and then learned,
+    with a validation loss of 2.6. A network that is that wrong on images it does not train on
+    as well has diverged.
     """
 
     def __init__(self, limit: float):
@@ -234,9 +252,17 @@ class StopOnDivergence(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not (math.isfinite(float(loss)) and float(loss) <= self.limit):
-            self.loss = float(loss)
-            self.model.stop_training = True
+        if loss is not None and not math.isfinite(float(loss)):
+            self._stop(float(loss))
+
+    def on_epoch_end(self, epoch, logs=None):
+        losses = [float((logs or {}).get(key, 0.0)) for key in ("loss", "val_loss")]
+        if self.loss is None and all(not loss <= self.limit for loss in losses):
+            self._stop(losses[0])
+
+    def _stop(self, loss: float) -> None:
+        self.loss = loss
+        self.model.stop_training = True
 
 
 class EpochTimer(keras.callbacks.Callback):
