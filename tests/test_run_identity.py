@@ -272,3 +272,23 @@ def test_a_hand_edited_config_is_refused_in_one_sentence(finished_run, key, valu
     assert cifarlab("report", finished_run, "--out", finished_run.parent / "report") == 2
     line = error_line(capsys)
     assert "is damaged" in line and key in line
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"experiment": "batchnorm"}, "was written for experiment batchnorm"),
+        ({"epochs_run": 7}, "records 7 epochs but history.csv has 1"),
+        ({"experiment": 5}, "has no experiment of type str"),
+        ({"test": {"loss": "low"}}, "has no test loss and accuracy"),
+    ],
+)
+def test_metrics_that_are_not_this_runs_leave_it_out_by_name(finished_run, change, problem, capsys):
+    metrics = stored(finished_run, "metrics.json")
+    (finished_run / "metrics.json").write_text(json.dumps({**metrics, **change}))
+    assert not run_folder.is_finished(finished_run)
+    assert cifarlab("report", finished_run) == 2
+    assert problem in error_line(capsys)
+    # In a study folder it is left out with a warning naming it, not silently.
+    with pytest.warns(UserWarning, match=f"{finished_run.name} is left out: .*{problem}"):
+        assert run_folder.finished_runs_in(finished_run.parent) == []

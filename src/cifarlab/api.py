@@ -55,7 +55,8 @@ def train(
     callbacks: Sequence[object] = (),
     **overrides: object,
 ) -> Run:
-    """Train one experiment into the run folder `out` (default `runs/<name>`) and evaluate it.
+    """Train one experiment into the run folder `out` (default `runs/<name>`), evaluate it and
+    draw its figures.
 
     `overrides` replace config fields, e.g. `epochs=5, learning_rate=3e-3, seed=1`, or
     `model=build_fn` for your own network (see `experiment_config`). Without
@@ -66,6 +67,7 @@ def train(
     """
     from cifarlab import training
     from cifarlab.data import dataset
+    from cifarlab.report import run_figures
 
     if data is not None:
         overrides = _with_data_settings(overrides, data)
@@ -74,6 +76,7 @@ def train(
         data = dataset.load_for(config, path, quiet=quiet)
     out = Path(out) if out is not None else Path("runs") / config.name
     training.train_and_evaluate(config, out, data, overwrite, quiet, tensorboard, callbacks)
+    run_figures.draw_all(out, data)
     return Run(out)
 
 

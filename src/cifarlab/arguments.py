@@ -125,6 +125,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=positive_int, help="training epochs (default: the "
                         f"experiment's, {_DEFAULT.epochs} for the notebook's three)")  # fmt: skip
+    parser.add_argument("--early-stopping", type=whole_number, metavar="N",
+                        help="stop after N epochs without a lower validation loss (default: "
+                        "the experiment's; 0 trains every epoch)")  # fmt: skip
     parser.add_argument("--precision", choices=configs.PRECISIONS,
                         help="numbers to train in; auto picks mixed bfloat16 where the hardware "
                         f"runs it fast, else float32 (default: {_DEFAULT.precision})")  # fmt: skip

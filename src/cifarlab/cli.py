@@ -140,6 +140,7 @@ def _training_overrides(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "precision": args.precision,
+        "early_stopping_patience": args.early_stopping,
         **data_overrides(args),
     }
 
@@ -179,8 +180,12 @@ def _train(args: argparse.Namespace) -> int:
         quiet=_plain_epochs(args),
         tensorboard=args.tensorboard,
     )
+    from cifarlab.report import build
+
     print(evaluation.format_metrics(run.metrics))
-    print(f"Run folder: {run.path}")
+    print(evaluation.outcome_table([build.results_row(run)]))
+    figures = ", ".join(path.name for path in sorted(run.path.glob("*.png")))
+    print(f"Run folder: {run.path}" + (f" (figures: {figures})" if figures else ""))
     return 0
 
 
@@ -233,7 +238,7 @@ def _study(args: argparse.Namespace) -> int:
     plan = plans.study_plan(
         names, experiments_file, args.out, args.data, args.repeats, ray_options(args),
         args.projection, _plain_epochs(args), epochs=args.epochs, precision=args.precision,
-        model=args.model, **data_overrides(args),
+        model=args.model, early_stopping_patience=args.early_stopping, **data_overrides(args),
     )  # fmt: skip
     _check_data(args)
     _check_output_folder(plan.out)
@@ -241,6 +246,9 @@ def _study(args: argparse.Namespace) -> int:
     from cifarlab import api
 
     study = api.study(plan=plan)
+    from cifarlab import evaluation
+
+    print(evaluation.outcome_table(study.results))
     print(f"Report: {study.report}")
     return 0
 
@@ -291,7 +299,7 @@ def _experiments(args: argparse.Namespace) -> int:
 def _experiments_show(args: argparse.Namespace) -> int:
     from cifarlab import experiments
 
-    print(json.dumps(experiments.find(args.experiment, args.experiments).to_dict(), indent=2))
+    print(experiments.to_toml(experiments.find(args.experiment, args.experiments)))
     return 0
 
 

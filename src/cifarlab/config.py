@@ -7,6 +7,7 @@ A `Config` says everything that decides what a run learns. It is written to ever
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -215,8 +216,18 @@ def experiment(name: str) -> Config:
     resolved = ALIASES.get(name.upper() if len(name) == 1 else name, name)
     if resolved not in EXPERIMENTS:
         choices = ", ".join([*EXPERIMENTS, *ALIASES])
-        raise UserError(f"Unknown experiment '{name}'; choose one of {choices}.")
+        raise UserError(
+            f"Unknown experiment '{name}'{did_you_mean(name, EXPERIMENTS)}; choose one of "
+            f"{choices}."
+        )
     return EXPERIMENTS[resolved]
+
+
+def did_you_mean(given: str, choices) -> str:
+    """ " (did you mean 'baseline'?)" for the choice closest to `given`, or "" if none is."""
+    lowered = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(given.lower(), list(lowered), n=1, cutoff=0.75)
+    return f" (did you mean '{lowered[close[0]]}'?)" if close else ""
 
 
 def override(config: Config, **overrides: object) -> Config:
@@ -266,7 +277,8 @@ def _parse_setting(kind: type, key: str, value: object, prefix: str = "") -> obj
     fields = {f.name for f in dataclasses.fields(kind)} - set(_NOT_SETTINGS)
     if key not in fields:
         raise UserError(
-            f"Unknown setting '{prefix}{key}'; valid settings are {', '.join(settings())}."
+            f"Unknown setting '{prefix}{key}'{did_you_mean(f'{prefix}{key}', settings())}; "
+            f"valid settings are {', '.join(settings())}."
         )
     return _parse(f"{prefix}{key}", value, typing.get_type_hints(kind)[key])
 

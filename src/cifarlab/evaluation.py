@@ -153,3 +153,30 @@ def format_metrics(metrics: dict) -> str:
             f"{scores['f1']:>6.3f}"
         )
     return "\n".join(lines)
+
+
+# Epochs without a lower validation loss after which the end-of-run note suggests stopping.
+SUGGESTED_PATIENCE = 5
+
+
+def outcome_table(rows: list[dict]) -> str:
+    """The end of a `train` or `study`: experiment, best epoch, test accuracy and verdict per
+    run (rows as in the study's results table), then what early stopping would have saved."""
+    width = max([len("experiment"), *(len(str(row["experiment"])) for row in rows)])
+    lines = [f"{'experiment':<{width}}  {'best epoch':>11}  {'test acc.':>9}  verdict"]
+    notes = []
+    for row in rows:
+        epochs = f"{row['best_epoch']} of {row['epochs_run']}"
+        verdict = str(row.get("verdict") or "").split(":")[0]
+        lines.append(f"{row['experiment']:<{width}}  {epochs:>11}  "
+                     f"{row['test_accuracy']:>9.2%}  {verdict}")  # fmt: skip
+        wasted = row["epochs_run"] - row["best_epoch"] - SUGGESTED_PATIENCE
+        if wasted > 0:
+            seconds = wasted * float(row.get("seconds_per_epoch") or 0)
+            spent = f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+            notes.append(
+                f"{row['experiment']}: validation loss was lowest at epoch {row['best_epoch']} "
+                f"of {row['epochs_run']}; --early-stopping {SUGGESTED_PATIENCE} would have "
+                f"stopped {wasted} epochs sooner, saving about {spent} here."
+            )
+    return "\n".join(lines + notes)

@@ -24,6 +24,7 @@ before anything trains, in one sentence naming the file, the experiment and the 
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -143,3 +144,26 @@ def describe_builtins() -> str:
             lines.append(f"{name:<10} the notebook's model A: 2 conv blocks (32, 64), Dense 512, "
                          "dropout 0.5, Adam 1e-3, batch 32, 50 epochs")  # fmt: skip
     return "\n".join(lines)
+
+
+def to_toml(config: Config) -> str:
+    """`config` as an experiment table that can be pasted into an experiments file: every
+    setting, so the table alone reproduces it (its base is the built-in it started from)."""
+    lines = [f"[experiments.{config.name}]"]
+    if config.base:
+        lines.append(f'base = "{config.base}"')
+    for key in configs.settings():
+        if key in ("name", "base", "seed"):
+            continue  # The table's name, the line above, and --seed.
+        lines.append(f"{key} = {_toml_value(configs.setting_value(config, key))}")
+    return "\n".join(lines)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # A JSON string is a TOML basic string.
+    return repr(value)

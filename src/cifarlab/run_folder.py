@@ -155,13 +155,49 @@ def read_data_record(run_dir: str | Path) -> dict | None:
 
 
 def read_metrics(run_dir: str | Path) -> dict:
-    """`metrics.json`, or {} while the run is unfinished (missing or torn)."""
-    path = Path(run_dir) / METRICS
+    """`metrics.json`, or {} while the run is unfinished: missing, torn, or not this run's
+    (`metrics_problem` says which)."""
+    metrics, problem = _checked_metrics(Path(run_dir))
+    return {} if problem else metrics
+
+
+def metrics_problem(run_dir: str | Path) -> str | None:
+    """Why `run_dir`'s metrics do not count, in words ("is missing", "records 3 epochs but
+    history.csv has 5"), or None if they do."""
+    return _checked_metrics(Path(run_dir))[1]
+
+
+# The fields every metrics file has, and their types: a file without them is not one.
+_METRICS_FIELDS = {"experiment": str, "params": int, "epochs_run": int, "best_epoch": int,
+                   "class_names": list}  # fmt: skip
+
+
+def _checked_metrics(run_dir: Path) -> tuple[dict, str | None]:
+    path = run_dir / METRICS
     try:
         metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, "is missing"
     except (OSError, ValueError, UnicodeDecodeError):
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
+        return {}, "is torn or not JSON"
+    if not isinstance(metrics, dict):
+        return {}, "is not a table of metrics"
+    for key, kind in _METRICS_FIELDS.items():
+        value = metrics.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return {}, f"has no {key} of type {kind.__name__}"
+    for split in ("train", "val", "test"):
+        scores = metrics.get(split)
+        if not isinstance(scores, dict) or not all(
+            isinstance(scores.get(name), int | float) for name in ("loss", "accuracy")
+        ):
+            return {}, f"has no {split} loss and accuracy"
+    if holds_config(run_dir) and metrics["experiment"] != read_config(run_dir).name:
+        return {}, f"was written for experiment {metrics['experiment']}, not this run's"
+    epochs = len(read_history(run_dir))
+    if (run_dir / HISTORY).is_file() and metrics["epochs_run"] != epochs:
+        return {}, f"records {metrics['epochs_run']} epochs but {HISTORY} has {epochs}"
+    return metrics, None
 
 
 # The rules: what "finished" means, and which folder a config may use.
@@ -286,7 +322,18 @@ def seed_folder(parent: Path, seed: int) -> Path:
 def finished_runs_in(folder: Path) -> list[Path]:
     """The finished run folders directly inside `folder` or one `seed=<s>` level below."""
     candidates = [*folder.glob(f"*/{METRICS}"), *folder.glob(f"*/{SEED_PREFIX}*/{METRICS}")]
-    return [path.parent for path in candidates if is_finished(path.parent)]
+    found = []
+    for run_dir in (path.parent for path in candidates):
+        problem = metrics_problem(run_dir)
+        if problem is None:
+            found.append(run_dir)
+        else:
+            warnings.warn(
+                f"{run_dir} is left out: its {METRICS} {problem}; rerun its cifarlab train "
+                "command to evaluate it again.",
+                stacklevel=2,
+            )
+    return found
 
 
 def load_best_model(run_dir: str | Path, compile: bool = True):

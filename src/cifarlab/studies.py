@@ -22,6 +22,8 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import keras
+
 from cifarlab import builders, run_folder, training
 from cifarlab.config import Config, DataSpec
 from cifarlab.data import dataset
@@ -56,16 +58,62 @@ def train_and_report(plan: StudyPlan, data: Dataset | None = None) -> dict[str, 
         run_dir for config, run_dir in jobs
         if run_folder.finished_with(run_dir, config, loaded[config.data_spec].record())
     }  # fmt: skip
-    for config, run_dir in jobs:
+    progress = StudyProgress([config for config, run_dir in jobs if run_dir not in reusable])
+    for number, (config, run_dir) in enumerate(jobs, start=1):
         split = loaded[config.data_spec]
+        where = f"{config.name} (experiment {number} of {len(jobs)})"
         if run_dir in reusable:
-            log.info("%s: finished run found in %s; reusing it.", config.name, run_dir)
+            log.info("%s: finished run found in %s; reusing it.", where, run_dir)
         else:
-            log.info("%s: training into %s (%d epochs).", config.name, run_dir, config.epochs)
-            training.train_and_evaluate(config, run_dir, split, quiet=plan.quiet)
+            log.info("%s: training into %s (%s).", where, run_dir, _epochs(config.epochs))
+            progress.start(config, len(run_folder.read_history(run_dir)))
+            training.train_and_evaluate(config, run_dir, split, quiet=plan.quiet,
+                                        callbacks=[progress])  # fmt: skip
         if run_dir not in reusable or run_figures.missing(run_dir):
             run_figures.draw_all(run_dir, split, plan.projection)
     return build.write_report([run_dir for _, run_dir in jobs], plan.out)
+
+
+class StudyProgress(keras.callbacks.Callback):
+    """After each epoch, one line: where the study is, in epochs of all it will train, and the
+    time left, estimated from the epochs this study has measured so far."""
+
+    def __init__(self, to_train: list[Config]):
+        super().__init__()
+        self.total = sum(config.epochs for config in to_train)
+        self.done = 0  # Epochs finished (or found finished) among `total`.
+        self.measured: list[float] = []  # Seconds of the epochs trained by this study.
+        self.config: Config | None = None
+        self.run_end = 0
+
+    def start(self, config: Config, finished_epochs: int) -> None:
+        """A run of `config` begins, `finished_epochs` of it done before (a resume)."""
+        self.run_end = self.done + config.epochs  # `done` once this run has trained all.
+        self.config, self.done = config, self.done + finished_epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.done += 1
+        if logs and "seconds" in logs:
+            self.measured.append(float(logs["seconds"]))
+        left = (self.total - self.done) * sum(self.measured) / max(1, len(self.measured))
+        log.info("%s: epoch %d of %d; study %d of %d epochs, about %s left.", self.config.name,
+                 epoch + 1, self.config.epochs, self.done, self.total,
+                 _duration(left))  # fmt: skip
+
+    def on_train_end(self, logs=None):
+        self.total -= self.run_end - self.done  # Epochs an early stop skipped are not waited for.
+        self.done = self.run_end = min(self.done, self.run_end)
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{max(0, round(seconds))} s"
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _load_each_spec(

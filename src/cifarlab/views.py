@@ -28,6 +28,7 @@ from cifarlab.run_folder import (
     holds_config,
     is_finished,
     load_best_model,
+    metrics_problem,
     read_config,
     read_history,
     read_json,
@@ -90,7 +91,11 @@ class Run:
         """`metrics`, or a `UserError` if the run has not been evaluated."""
         metrics = self.metrics
         if not metrics:
-            raise UserError(f"{self.path} has no {METRICS}; finish it with cifarlab train first.")
+            problem = metrics_problem(self.path)
+            raise UserError(
+                f"{self.path} is not finished (its {METRICS} {problem}); finish it with "
+                "cifarlab train first."
+            )
         return metrics
 
     def model(self):
