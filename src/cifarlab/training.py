@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from cifarlab import environment, evaluation, input_pipeline, models, run_folder
 from cifarlab.config import Config
@@ -119,6 +120,7 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
     divergence = StopOnDivergence(DIVERGENCE_FACTOR * math.log(max(2, data.num_classes)))
     callbacks = [
         EpochTimer(),  # First, so the other callbacks see each epoch's seconds.
+        EpochSeeds(config.seed),
         checkpoint,
         keras.callbacks.CSVLogger(run_dir / run_folder.HISTORY, append=True),
         keras.callbacks.BackupAndRestore(run_dir / run_folder.BACKUP, double_checkpoint=True),
@@ -268,6 +270,24 @@ class StopOnDivergence(keras.callbacks.Callback):
     def _stop(self, loss: float) -> None:
         self.loss = loss
         self.model.stop_training = True
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Sets the state of every random-number generator in the model (Dropout's) from
+    (seed, epoch) as each epoch begins, so its draws depend only on those, as the batch order
+    does: BackupAndRestore keeps weights and optimizer but not these states, and a resumed run
+    replayed epoch 1's dropout masks in epoch 2 (found by `tests/test_promises.py`)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        states = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+        for index, state in enumerate(states):
+            # Seeds in [0, 2^31): what every backend's generator state accepts.
+            seed = np.random.default_rng([self.seed, epoch, index]).integers(0, 2**31, 2)
+            state.assign(seed.astype(state.dtype))
 
 
 class EpochTimer(keras.callbacks.Callback):

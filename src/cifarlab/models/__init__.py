@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import keras
+from keras.src.saving import saving_lib
 
 from cifarlab import builders
 from cifarlab.config import Config
@@ -77,11 +78,12 @@ def load_model(path: Path, builder: str = "", compile: bool = True) -> keras.Mod
 
 def own_layer_modules(path: Path) -> set[str]:
     """The modules outside Keras that the model file at `path` names for its layer classes,
-    read from the file's `config.json` without running anything; empty if it is not a
-    `.keras` file."""
+    read from the architecture stored in the file without running anything; empty if it is
+    not a `.keras` file."""
     try:
         with zipfile.ZipFile(path) as archive:
-            stored = json.loads(archive.read("config.json"))
+            # The member Keras's own loader reads the architecture from.
+            stored = json.loads(archive.read(saving_lib._CONFIG_FILENAME))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return set()
     found, pending = set(), [stored]
