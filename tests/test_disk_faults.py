@@ -59,26 +59,26 @@ def test_an_out_that_is_a_file_is_refused_before_tensorflow_loads(
     assert existing.read_text() == "mine\n"
 
 
+def train_on_tmpfs(options: str, folder, data, *arguments) -> subprocess.CompletedProcess:
+    """`cifarlab train baseline` into `folder`/run, with a tmpfs mounted there with `options`."""
+    folder.mkdir()
+    return in_namespace(f"mount -t tmpfs -o {options} tmpfs {folder}", sys.executable, "-m",
+                        "cifarlab.cli", "train", "baseline", "--data", data,
+                        "--out", folder / "run", *arguments)  # fmt: skip
+
+
 @needs_mounts
 def test_a_read_only_out_is_refused_in_one_sentence(tiny_archive, tmp_path):
-    folder = tmp_path / "readonly"
-    folder.mkdir()
-    result = in_namespace(f"mount -t tmpfs -o ro tmpfs {folder}", sys.executable, "-m",
-                          "cifarlab.cli", "train", "baseline", "--data", tiny_archive,
-                          "--out", folder / "run")  # fmt: skip
+    result = train_on_tmpfs("ro", tmp_path / "readonly", tiny_archive)
     assert result.returncode == 2
     assert "read-only" in assert_one_sentence(result.stderr)
 
 
 @needs_mounts
 def test_a_disk_that_fills_up_during_training_stops_in_one_sentence(tiny_archive, tmp_path):
-    folder = tmp_path / "full"
-    folder.mkdir()
     # 1 MB: the config and history fit, the 8.7 MB checkpoint of the notebook's network not.
-    result = in_namespace(f"mount -t tmpfs -o size=1m tmpfs {folder}", sys.executable, "-m",
-                          "cifarlab.cli", "train", "baseline", "--data", tiny_archive,
-                          "--out", folder / "run", "--epochs", "2", "--precision", "float32",
-                          "--quiet")  # fmt: skip
+    result = train_on_tmpfs("size=1m", tmp_path / "full", tiny_archive, "--epochs", "2",
+                            "--precision", "float32", "--quiet")  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "no space left" in assert_one_sentence(result.stderr)
 
