@@ -18,109 +18,16 @@ is answered in well under a second rather than after the seconds TensorFlow take
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
-import os
-import socket
 import sys
 import warnings
 from pathlib import Path
 
 from cifarlab import config as configs
+from cifarlab import preflight
 from cifarlab.arguments import build_parser
 from cifarlab.errors import RunError, UserError
-
-# Checks of the input that need no TensorFlow, made before it loads.
-
-
-def _check_exists(path: Path | str | None, what: str, remedy: str) -> None:
-    if path is not None and not Path(path).expanduser().exists():
-        raise UserError(f"{what} {path} does not exist; {remedy}.")
-
-
-def _check_data(args: argparse.Namespace) -> None:
-    path = args.data or os.environ.get("CIFARLAB_DATA") or None
-    _check_exists(path, "Data path", "pass an existing archive or folder")
-
-
-def _check_port(host: str, port: int) -> None:
-    """Refuse a port that cannot be listened on now, rather than after the models load."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # As the server itself binds.
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise UserError(
-                    f"Port {port} on {host} is already in use; choose another with --port."
-                ) from error
-            raise UserError(
-                f"Cannot listen on {host} port {port} ({error.strerror or error}); "
-                "choose another --host or --port."
-            ) from error
-
-
-def _check_output_folder(path: Path | None, flag: str = "--out") -> None:
-    """Refuse a folder that cannot be written (a file, a read-only place) before any work."""
-    if path is None:
-        return
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"The {flag} folder {path} is a file; choose a folder.")
-    existing = next(parent for parent in (path, *path.parents) if parent.exists())
-    if not existing.is_dir():
-        raise UserError(
-            f"The {flag} folder {path} lies inside the file {existing}; choose a folder."
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"The {flag} folder {path} cannot be written ({existing} is read-only); "
-                        "choose another folder.")  # fmt: skip
-
-
-def _os_error_sentence(error: OSError) -> str:
-    """One sentence for a failed read or write, saying what to do."""
-    reason = error.strerror or str(error).splitlines()[0]
-    where = f" {error.filename}" if error.filename else ""
-    if error.errno == errno.ENOSPC or "No space left" in str(error):
-        reason = "no space left on the device"
-    return (
-        f"Could not read or write{where} ({reason}); make room or choose another folder, then "
-        "rerun the same command: finished work is kept and training resumes."
-    )
-
-
-def _quiet_tensorflow(verbose: bool) -> None:
-    """Load Keras now, keeping TensorFlow's start-up chatter and warnings off the screen.
-
-    TF_CPP_MIN_LOG_LEVEL quiets TensorFlow's own C++ log, but the CUDA probes and the oneDNN
-    notice are written by absl before its logging is set up, straight to file descriptor 2,
-    so that descriptor points at /dev/null while TensorFlow is imported. Retracing warnings
-    come later, through TensorFlow's Python logger. `verbose` leaves all of it on.
-    """
-    if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "keras" not in sys.modules:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        try:
-            with open(os.devnull, "w") as devnull:
-                os.dup2(devnull.fileno(), 2)
-                import keras  # noqa: F401  Imports the backend, TensorFlow by default.
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import absl.logging
-        import tensorflow as tf
-
-        tf.get_logger().setLevel(logging.ERROR)
-        absl.logging.set_verbosity(absl.logging.ERROR)
 
 
 def _plain_epochs(args: argparse.Namespace) -> bool:
@@ -167,9 +74,9 @@ def _resolved_experiment(args: argparse.Namespace) -> configs.Config:
 
 def _train(args: argparse.Namespace) -> int:
     config = _resolved_experiment(args)
-    _check_data(args)
-    _check_output_folder(args.out)
-    _quiet_tensorflow(args.verbose)
+    preflight.check_data(args)
+    preflight.check_output_folder(args.out)
+    preflight.quiet_tensorflow(args.verbose)
     from cifarlab import api, evaluation
 
     run = api.train(
@@ -190,9 +97,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _check_exists(args.run_dir, "Run folder", "pass a folder written by cifarlab train")
-    _check_data(args)
-    _quiet_tensorflow(args.verbose)
+    preflight.check_exists(args.run_dir, "Run folder", "pass a folder written by cifarlab train")
+    preflight.check_data(args)
+    preflight.quiet_tensorflow(args.verbose)
     from cifarlab import api, evaluation
 
     print(evaluation.format_metrics(api.evaluate(args.run_dir, path=args.data)))
@@ -201,8 +108,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     base = _resolved_experiment(args)
-    _check_data(args)
-    _check_output_folder(args.out)
+    preflight.check_data(args)
+    preflight.check_output_folder(args.out)
     from cifarlab import builders
     from cifarlab.scale import sweep
 
@@ -218,7 +125,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _data_info(args: argparse.Namespace) -> int:
     from cifarlab.data import dataset
 
-    _check_data(args)
+    preflight.check_data(args)
     spec = configs.override(configs.Config(), **data_overrides(args)).data_spec
     print(dataset.counts_table(dataset.load_spec(args.data, spec)))
     return 0
@@ -240,9 +147,9 @@ def _study(args: argparse.Namespace) -> int:
         args.projection, _plain_epochs(args), epochs=args.epochs, precision=args.precision,
         model=args.model, early_stopping_patience=args.early_stopping, **data_overrides(args),
     )  # fmt: skip
-    _check_data(args)
-    _check_output_folder(plan.out)
-    _quiet_tensorflow(args.verbose)
+    preflight.check_data(args)
+    preflight.check_output_folder(plan.out)
+    preflight.quiet_tensorflow(args.verbose)
     from cifarlab import api
 
     study = api.study(plan=plan)
@@ -255,8 +162,8 @@ def _study(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
-        _check_exists(run_dir, "Run folder", "name run folders or a study folder")
-    _check_output_folder(args.out)
+        preflight.check_exists(run_dir, "Run folder", "name run folders or a study folder")
+    preflight.check_output_folder(args.out)
     from cifarlab import api
 
     written = api.build_report(args.run_dirs, args.out)
@@ -265,11 +172,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    _check_exists(args.model, "Model", "name a run folder or a .keras file")
+    preflight.check_exists(args.model, "Model", "name a run folder or a .keras file")
     for image in args.images:
-        _check_exists(image, "Image", "name image files or folders of them")
-    _check_output_folder(args.explain, "--explain")
-    _quiet_tensorflow(args.verbose)
+        preflight.check_exists(image, "Image", "name image files or folders of them")
+    preflight.check_output_folder(args.explain, "--explain")
+    preflight.quiet_tensorflow(args.verbose)
     from cifarlab import prediction
 
     classifier = prediction.load_classifier(args.model)
@@ -314,9 +221,9 @@ def ray_options(args: argparse.Namespace):
 
 def _serve(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
-        _check_exists(run_dir, "Run folder", "name run folders or .keras files")
-    _check_port(args.host, args.port)
-    _quiet_tensorflow(args.verbose)
+        preflight.check_exists(run_dir, "Run folder", "name run folders or .keras files")
+    preflight.check_port(args.host, args.port)
+    preflight.quiet_tensorflow(args.verbose)
     from cifarlab.serve import app
 
     app.serve(args.run_dirs, args.host, args.port)
@@ -375,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifarlab: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # A full disk, a read-only folder: the work done so far is kept.
-        print(f"cifarlab: {_os_error_sentence(error)}", file=sys.stderr)
+        print(f"cifarlab: {preflight.os_error_sentence(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cifarlab: interrupted; rerun the same command to resume.", file=sys.stderr)
