@@ -101,6 +101,7 @@ def test_a_light_command_is_quiet_too(tiny_archive):
     ("arguments", "expected"),
     [
         (["train", "nosuch"], "Unknown experiment 'nosuch'"),
+        (["train", "baseline", "--image-size", "100000"], "image_size must lie between 8 and 512"),
         (["train", "baseline", "--data", "/nonexistent"], "Data path /nonexistent does not exist"),
         (["evaluate", "/nonexistent"], "/nonexistent does not exist"),
         (["predict", "/nonexistent-run", "x.jpg"], "/nonexistent-run does not exist"),

@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 NETWORKS = ("notebook", "residual")
+MAX_IMAGE_SIZE = 512  # Side of the model input, in pixels.
 _BUILDER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 # How runs before the `network` setting named modern's network: as a user's builder.
 _OLD_RESIDUAL_BUILDER = "cifarlab.models:residual_network"
@@ -113,7 +114,9 @@ class Config:
         _check(0 < self.val_fraction < 1, "val_fraction", "lie between 0 and 1")
         _check(0 < self.test_fraction < 1, "test_fraction", "lie between 0 and 1")
         _check(self.precision in PRECISIONS, "precision", f"be one of {', '.join(PRECISIONS)}")
-        _check(self.image_size >= 8, "image_size", "be at least 8 pixels")
+        # 60,000 images of 512 × 512 take 47 GB as uint8; beyond that no dataset fits in memory.
+        _check(8 <= self.image_size <= MAX_IMAGE_SIZE, "image_size",
+               f"lie between 8 and {MAX_IMAGE_SIZE} pixels")  # fmt: skip
         _check(bool(self.filters) and min(self.filters) >= 1, "filters", "be positive numbers")
         _check(self.convs_per_block >= 1, "convs_per_block", "be a positive whole number")
         _check(self.kernel_size >= 1, "kernel_size", "be a positive whole number")
@@ -165,7 +168,7 @@ class Config:
 
 def _check(condition: bool, key: str, requirement: str) -> None:
     if not condition:
-        raise UserError(f"{key} must {requirement}.")
+        raise UserError(f"The setting {key} must {requirement}.")
 
 
 BASELINE = Config(name="baseline", learning_rate=1e-3, batch_size=32, epochs=50)
@@ -290,7 +293,7 @@ def _parse(key: str, value: object, kind) -> object:
             items = [item for item in re.split(r"[\s,x/\[\]]+", value) if item]
         if isinstance(items, list | tuple):
             return tuple(_parse(key, item, typing.get_args(kind)[0]) for item in items)
-        raise UserError(f"{key} must be a list of whole numbers, not {value!r}.")
+        raise UserError(f"The setting {key} must be a list of whole numbers, not {value!r}.")
     if isinstance(kind, types.UnionType):
         kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
     if isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool)):
@@ -304,7 +307,7 @@ def _parse(key: str, value: object, kind) -> object:
             return kind(value)
         except ValueError:
             pass
-    raise UserError(f"{key} must be of type {kind.__name__}, not {value!r}.")
+    raise UserError(f"The setting {key} must be of type {kind.__name__}, not {value!r}.")
 
 
 def describe_differences(old: Config, new: Config) -> list[str]:

@@ -112,7 +112,8 @@ def _resolve(path: Path, name: str, declared: dict, resolved: dict, chain: tuple
     try:
         config = configs.override(base, **_flatten(overrides))
     except UserError as error:
-        raise UserError(f"{where}: {_lower_first(str(error))}") from error
+        reason = _lower_first(str(error).removeprefix("The setting "))
+        raise UserError(f"{where}: {reason}") from error
     resolved[name] = replace(config, name=name, base=base.name if base.name != name else base.base)
     return resolved[name]
 

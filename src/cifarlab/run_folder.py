@@ -139,7 +139,10 @@ def read_config(run_dir: str | Path) -> Config:
     try:
         return Config.from_dict(values)
     except UserError as error:
-        raise UserError(f"{path} is damaged ({str(error).rstrip('.')}); remove the run.") from error
+        reason = str(error).rstrip(".")
+        raise UserError(
+            f"{path} is damaged ({reason[:1].lower()}{reason[1:]}); remove the run."
+        ) from error
 
 
 def read_data_record(run_dir: str | Path) -> dict | None:

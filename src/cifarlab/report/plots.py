@@ -13,6 +13,8 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
+from cifarlab.files import atomic_path
+
 DPI = 110  # Sharp enough to read on a laptop screen, small enough to embed in the report.
 LOSS_LABEL = "Categorical cross-entropy loss"
 TRAIN_STYLE = {"linestyle": "-", "marker": "o", "markersize": 3}
@@ -29,8 +31,11 @@ def _subplots(*grid: int, figsize: tuple[float, float], **options):
 
 
 def _save(figure: Figure, path: Path) -> Path:
+    """Write `figure` to `path` whole or not at all: a figure that exists counts as drawn, so a
+    kill mid-write must not leave half of one."""
     path = Path(path)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    with atomic_path(path, suffix=path.suffix) as partial:
+        figure.savefig(partial, dpi=DPI, bbox_inches="tight", facecolor="white")
     return path
 
 

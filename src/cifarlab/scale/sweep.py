@@ -208,7 +208,8 @@ def plot(path: Path, grid: dict[str, list], rows: list[dict], best: dict | None)
         best_label = ", ".join(f"{key}={best[key]}" for key in grid) or "default"
         title += f"\nbest: {best_label}"
     figure.suptitle(title)
-    figure.savefig(path, dpi=100)
+    with run_folder.atomic_path(path, suffix=".png") as partial:
+        figure.savefig(partial, dpi=100)
 
 
 def _numeric(values: list) -> bool:
