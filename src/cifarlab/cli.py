@@ -273,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         args.parser.print_help()
         return 0
     _configure_output(getattr(args, "quiet", False))
+    with preflight.terminate_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as error:

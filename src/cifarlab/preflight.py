@@ -7,11 +7,14 @@ failed read or write becomes one sentence. Only `cli` uses these.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from cifarlab.errors import UserError
@@ -104,3 +107,21 @@ def quiet_tensorflow(verbose: bool) -> None:
 
         tf.get_logger().setLevel(logging.ERROR)
         absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (a `kill`, a scheduler's stop) ends the command as Ctrl-C does: partial files
+    are removed on the way out and the rerun resumes. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
