@@ -2,13 +2,15 @@
 
 Images (JPEG, PNG, BMP, GIF, WebP, TIFF) are brought to the model's input by
 `data.images.load` (centre crop to a square, Lanczos resize), decoded in parallel threads and
-classified in batches.
+classified in batches. The threads share one `images.DecodeBudget`, so eight large images wait
+for each other's memory rather than all decoding at once.
 
     cifarlab predict runs/baseline photos/ cat.jpg --top-k 3 --json
 """
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -88,13 +90,24 @@ def load_classifier(source: str | Path) -> Classifier:
     except UserError:
         raise  # The run's builder cannot be imported: already one clear sentence.
     except Exception as error:  # Keras raises many kinds for a file that is not a model.
-        raise UserError(f"{model_path} is not a Keras model file ({error}).") from error
+        raise UserError(_not_a_model(model_path, error)) from error
     metrics = run_folder.read_metrics(run_dir)
     names = class_names(metrics, int(model.output_shape[-1]))
     name = run_dir.name if source.is_dir() else source.stem
     return Classifier(
         model, names, name, run_dir, metrics, config.test_time_flip, config.test_time_shift
     )
+
+
+def _not_a_model(model_path: Path, error: Exception) -> str:
+    """Why `model_path` could not be loaded, in one sentence."""
+    if not zipfile.is_zipfile(model_path):
+        # Keras reports any .keras file that is not a zip archive as "File not found".
+        return (
+            f"{model_path} is not a Keras model file (Keras saves a zip archive; this is not "
+            "one): train the run again or name another file."
+        )
+    return f"{model_path} is not a Keras model file ({error})."
 
 
 def class_names(metrics: dict, num_classes: int) -> tuple[str, ...]:
@@ -148,10 +161,13 @@ def _classify(classifier: Classifier, paths, top_k: int):
     files = images.image_files(paths)
     if not files:
         raise UserError("No image files were found in the paths given.")
+    budget = images.DecodeBudget()
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         for start in range(0, len(files), CHUNK_SIZE):
             chunk = files[start : start + CHUNK_SIZE]
-            decoded = list(pool.map(lambda path: _decode(path, classifier.image_size), chunk))
+            decoded = list(
+                pool.map(lambda path: _decode(path, classifier.image_size, budget), chunk)
+            )
             good = [pixels for pixels in decoded if not isinstance(pixels, str)]
             if good:
                 stacked = np.stack(good)
@@ -168,10 +184,10 @@ def _classify(classifier: Classifier, paths, top_k: int):
                 )
 
 
-def _decode(path: Path, image_size: int) -> np.ndarray | str:
+def _decode(path: Path, image_size: int, budget: images.DecodeBudget) -> np.ndarray | str:
     """The image's pixels, or the one-sentence reason it cannot be used."""
     try:
-        return images.load(path, image_size)
+        return images.load(path, image_size, budget)
     except UserError as error:
         return str(error)
 

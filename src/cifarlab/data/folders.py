@@ -35,7 +35,7 @@ from cifarlab.data import cache, images
 from cifarlab.errors import UserError
 
 SPLITS = ("train", "val", "test")
-DECODER_VERSION = 2  # Part of the cache key: change it when images.decode changes its output.
+DECODER_VERSION = 3  # Part of the cache key: change it when images.decode changes its output.
 _CHUNK = 500  # Images per task handed to a worker process.
 _PARALLEL_FROM = 2000  # Below this many images, starting worker processes costs more than it saves.
 _NAMES_SHOWN = 5  # Skipped files named in warnings; the rest are counted.

@@ -1,7 +1,10 @@
 """The HTTP API and browser page: classify an uploaded image with a served run, with Grad-CAM.
 
 Models load once, at start-up, from the run folders named on the command line; requests name
-a run only by its served name, so no request can make the server open another path.
+a run only by its served name, so no request can make the server open another path. What
+requests may hold is bounded (`limits`): decoded images share one byte budget
+(`images.DecodeBudget`), so a burst of decompression-heavy uploads waits or gets 429 rather
+than filling memory.
 
     cifarlab serve runs/baseline runs/batchnorm --host 127.0.0.1 --port 8000
 
@@ -17,7 +20,7 @@ import base64
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -30,10 +33,16 @@ from pydantic import BaseModel
 from cifarlab import grad_cam, prediction, run_folder
 from cifarlab.data import images
 from cifarlab.errors import UserError
-from cifarlab.serve.limits import BodyLimit
+from cifarlab.serve import limits
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # Largest accepted image file: 10 MB.
 _MULTIPART_OVERHEAD = 64 * 1024  # Room for form boundaries and the small text fields.
+# Requests in progress at once; the next gets 429. Below the 64 connections uvicorn admits
+# (`limits.MAX_CONNECTIONS`), so a client hears 429 rather than 503. Requests beyond anyio's 40
+# worker threads wait for one with their upload spooled (beyond 1 MB, to disk), and all the
+# decodes share `images.DECODE_BUDGET_BYTES`: memory does not grow with this number.
+MAX_REQUESTS = 48
+DECODE_WAIT_SECONDS = 30  # A decode that cannot start within this gets 429.
 STATIC = Path(__file__).parent / "static"
 FAVICON = STATIC / "favicon.svg"  # Linked by the page and /docs, and served at /favicon.ico.
 
@@ -78,8 +87,10 @@ _ERRORS = {
     for code, description in (
         (400, "Not an image, a truncated image or an empty file"),
         (404, "Unknown run"),
-        (413, "Upload over 10 MB or image over the pixel limit"),
+        (408, "The upload stalled or arrived too slowly"),
+        (413, "Upload over 10 MB, or an image over the pixel or decoded-memory limit"),
         (422, "Missing or invalid form field"),
+        (429, "Too many requests or large images at once; try again in a moment"),
     )
 }
 
@@ -104,6 +115,7 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, ServedRun]:
 def create_app(run_dirs: list[str | Path]) -> FastAPI:
     """The FastAPI application serving `run_dirs`; their models load here, once."""
     runs = load_runs(run_dirs)
+    budget = images.DecodeBudget(images.DECODE_BUDGET_BYTES, DECODE_WAIT_SECONDS)
     max_classes = max(len(served.classifier.class_names) for served in runs.values())
     # /docs loads Swagger UI 5 from this server, not from a CDN, so it works offline. Swagger
     # UI 4 (swagger-ui-bundle 1.1) cannot render the OpenAPI 3.1 schema that FastAPI writes.
@@ -116,10 +128,11 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
     )
 
     app.add_middleware(
-        BodyLimit,
+        limits.BodyLimit,
         max_bytes=MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD,
         message="The upload is larger than the 10 MB limit.",
     )
+    app.add_middleware(limits.RequestLimit, max_requests=MAX_REQUESTS)  # Outermost: first.
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/api/runs", response_model=list[RunInfo])
@@ -150,7 +163,7 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
         classes = served.classifier.class_names
         if top_k > len(classes):
             raise HTTPException(422, f"top_k must lie between 1 and {len(classes)} for this run.")
-        pixels = _decode_upload(image, served.classifier.image_size)
+        pixels = _decode_upload(image.file, served.classifier.image_size, budget)
         with served.lock:
             probabilities = served.classifier.probabilities(pixels[None])
             _, heat_maps = served.explainer(pixels[None], probabilities.argmax(axis=1))
@@ -207,16 +220,20 @@ def _choose(runs: dict[str, ServedRun], name: str | None) -> tuple[str, ServedRu
     return name, runs[name]
 
 
-def _decode_upload(upload: UploadFile, image_size: int) -> np.ndarray:
-    data = upload.file.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
+def _decode_upload(file: BinaryIO, image_size: int, budget: images.DecodeBudget) -> np.ndarray:
+    """The uploaded image's pixels, read from its spooled file rather than copied into memory."""
+    size = file.seek(0, 2)
+    file.seek(0)
+    if size > MAX_UPLOAD_BYTES:
         raise HTTPException(413, "The upload is larger than the 10 MB limit.")
-    if not data:
+    if not size:
         raise HTTPException(400, "The uploaded file is empty.")
     try:
-        return images.load(data, image_size)
+        return images.load(file, image_size, budget)
     except images.ImageTooLargeError as error:
         raise HTTPException(413, str(error)) from error
+    except images.DecodeBusyError as error:
+        raise HTTPException(429, str(error), headers={"Retry-After": "5"}) from error
     except UserError as error:
         raise HTTPException(400, str(error)) from error
 
@@ -236,4 +253,5 @@ def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000)
 
     app = create_app(run_dirs)
     print(f"Serving {len(run_dirs)} run(s) at http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=limits.TimedH11Protocol,
+                limit_concurrency=limits.MAX_CONNECTIONS)  # fmt: skip
