@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import write_cifar10_archive  # noqa: E402
+from tests.test_serve_api import png_claiming  # noqa: E402
 
 SIDE = 6300  # 39.7 MP: under the 40-megapixel limit.
 ANSWERS = {200, 413, 429}  # A result, "too large" or "busy": anything else is a failure.
@@ -61,16 +61,6 @@ def upload_files() -> dict[str, bytes]:
         files[name] = buffer.getvalue()
     files["bomb"] = png_claiming(50_000, 50_000)  # Over the pixel limit.
     return files
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims `width`×`height` pixels."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    data[16:20], data[20:24] = width.to_bytes(4, "big"), height.to_bytes(4, "big")
-    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
-    return bytes(data)
 
 
 def train_run(folder: Path) -> Path:
