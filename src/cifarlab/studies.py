@@ -102,7 +102,6 @@ class StudyProgress(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.total -= self.run_end - self.done  # Epochs an early stop skipped are not waited for.
-        self.done = self.run_end = min(self.done, self.run_end)
 
 
 def _epochs(count: int) -> str:
@@ -120,9 +119,8 @@ def _load_each_spec(
     study_configs: list[Config], plan: StudyPlan, data: Dataset | None
 ) -> dict[DataSpec, Dataset]:
     """The study's data, once per distinct spec; `data` must be of the configs' one spec."""
-    specs = list(dict.fromkeys(config.data_spec for config in study_configs))
     if data is None:
-        return {spec: dataset.load_spec(plan.path, spec, plan.quiet) for spec in specs}
+        return {spec: dataset.load_spec(plan.path, spec, plan.quiet) for spec in plan.data_specs()}
     for config in study_configs:
         if config.data_spec != data.spec:
             raise UserError(

@@ -140,7 +140,7 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
     steps = None if isinstance(train, keras.utils.PyDataset) else (
         input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
     )  # fmt: skip
-    history = model.fit(
+    model.fit(
         train,
         epochs=config.epochs,
         steps_per_epoch=steps,
@@ -149,7 +149,6 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
         shuffle=False,  # The batches are shuffled by the input pipeline itself.
         verbose=2 if quiet else 1,
     )
-    del history
     return divergence.loss
 
 
