@@ -188,3 +188,118 @@ def test_the_comparison_with_a_base_quotes_candidate_minus_base():
     )
     swapped = diagnosis.compare_with_base("baseline", "less_dropout", [], base, candidate)
     assert "(+0.200)" in swapped["sentence"] and "(-10.0 points)" in swapped["sentence"]
+
+
+# Comparisons on thin evidence: "too little evidence", never a finding, on the thin side of each
+# boundary (epochs, validation accuracy above chance, the accuracy gap's standard error).
+
+
+def ending(
+    epochs: int,
+    train_accuracy: float = 0.875,
+    val_accuracy: float = 0.5,
+    train_loss_end: float = 0.6,
+) -> list[dict]:
+    """`epochs` epochs of losses falling in equal steps to `train_loss_end` (validation 0.1
+    above), accuracies climbing to the final values given."""
+    steps = range(epochs)
+    return history([train_loss_end + 0.2 * (epochs - 1 - step) for step in steps],
+                   [train_loss_end + 0.1 + 0.2 * (epochs - 1 - step) for step in steps],
+                   [train_accuracy - 0.01 * (epochs - 1 - step) for step in steps],
+                   [val_accuracy - 0.01 * (epochs - 1 - step) for step in steps])  # fmt: skip
+
+
+def findings(count: int | None = None, **histories) -> dict[tuple[str, str], dict]:
+    """Each comparison entry by (candidate, key), the runs diagnosed with `count` validation
+    images each."""
+    diagnoses = {name: diagnosis.diagnose(rows, 10, count) for name, rows in histories.items()}
+    return {(entry["candidate"], entry["key"]): entry
+            for entry in diagnosis.compare_runs(diagnoses)}  # fmt: skip
+
+
+THIN = diagnosis.TOO_LITTLE_EVIDENCE
+
+
+def test_a_comparison_needs_three_epochs_in_each_run():
+    assert diagnosis.MIN_COMPARISON_EPOCHS == 3
+
+    def runs(baseline_epochs: int, other_epochs: int) -> dict:
+        return findings(
+            baseline=ending(baseline_epochs),
+            augmented=ending(other_epochs, train_accuracy=0.6),
+            batchnorm=ending(other_epochs, train_loss_end=0.3),
+        )
+
+    at = runs(3, 3)
+    assert len(at) == 6 and THIN not in {entry["finding"] for entry in at.values()}
+    assert at["augmented", "accuracy_gap_final"]["finding"] == "agrees"  # 27.5 points narrower.
+    assert at["batchnorm", "train_loss_final"]["finding"] == "agrees"  # 0.3 lower.
+    for below in (runs(2, 2), runs(3, 2), runs(2, 3)):
+        assert {entry["finding"] for entry in below.values()} == {THIN}
+        assert {entry["agrees"] for entry in below.values()} == {None}
+    sentence = runs(3, 2)["batchnorm", "train_loss_final"]["sentence"]
+    assert "too little evidence to test the textbook expectation that batch normalization" in (
+        sentence
+    )
+    assert "batchnorm ran 2 epochs; a comparison of curves needs at least 3 in each run" in sentence
+    assert "contradicts" not in sentence and "as the textbook expects" not in sentence
+    assert (
+        "(both runs ran 1 epoch; a comparison"
+        in runs(1, 1)["augmented", "loss_gap_final"]["sentence"]
+    )
+
+
+def test_validation_numbers_need_runs_measurably_above_chance():
+    count = 50
+    error = diagnosis.sampling_error(0.1, count)  # √(0.1 · 0.9 / 50) = 4.2 points.
+    at = 0.1 + 2 * error
+    assert at - 0.1 == 2 * error  # Exactly at the boundary.
+
+    def runs(baseline_val_accuracy: float) -> dict:
+        baseline = ending(3, train_accuracy=baseline_val_accuracy + 0.3,
+                          val_accuracy=baseline_val_accuracy)  # fmt: skip
+        return findings(count, baseline=baseline, augmented=ending(3, 0.6, 0.5),
+                        batchnorm=ending(3, 0.6, 0.5, train_loss_end=0.3))  # fmt: skip
+
+    validation_keys = ("loss_gap_final", "val_loss_rise_percent")
+    for enough in (at, at + NUDGE):
+        assert all(runs(enough)["augmented", key]["finding"] != THIN for key in validation_keys)
+    thin = runs(at - NUDGE)
+    for key in (*validation_keys, "accuracy_gap_final"):
+        assert thin["augmented", key]["finding"] == THIN
+    assert (
+        "baseline's validation accuracy (18.5%) is within 2 standard errors of chance"
+        in (thin["augmented", "loss_gap_final"]["sentence"])
+    )
+    # The training loss's comparisons do not rest on the validation images.
+    assert thin["batchnorm", "train_loss_final"]["finding"] == "agrees"
+
+
+def test_an_accuracy_gap_difference_needs_two_standard_errors_of_two_accuracies():
+    count = 32
+    # Two validation accuracies of 50% on 32 images each: √(2 · 0.25 / 32) = 0.125, exactly.
+    error = math.sqrt(2 * diagnosis.sampling_error(0.5, count) ** 2)
+    assert error == 0.125 and diagnosis.SAMPLING_ERRORS == 2.0
+
+    def gap_finding(augmented_train_accuracy: float, images: int = count) -> dict:
+        # The baseline's gap is 37.5 points; the augmented run's 12.5 at 0.625: 25 points, or
+        # exactly two errors, less.
+        found = findings(images, baseline=ending(3, 0.875, 0.5),
+                         augmented=ending(3, augmented_train_accuracy, 0.5))  # fmt: skip
+        return found["augmented", "accuracy_gap_final"]
+
+    assert gap_finding(0.625)["finding"] == "agrees"
+    assert gap_finding(0.625 - NUDGE)["finding"] == "agrees"
+    thin = gap_finding(0.625 + NUDGE)
+    assert thin["finding"] == THIN and thin["agrees"] is None
+    assert (
+        "the difference of 25 points is within 2 standard errors (25 points) of two validation "
+        "accuracies measured on 32 images each" in thin["sentence"]
+    )
+    # A line drawn at one error or at three would move these: 1.5 and 2.5 errors apart.
+    assert gap_finding(0.875 - 1.5 * error)["finding"] == THIN
+    assert gap_finding(0.875 - 2.5 * error)["finding"] == "agrees"
+    # The same 20-point difference on 10,000 images each is a finding; without counts as well.
+    assert gap_finding(0.675, 10_000)["finding"] == "agrees"
+    assert gap_finding(0.675, None)["finding"] == "agrees"
+    assert gap_finding(0.675)["finding"] == THIN

@@ -183,3 +183,41 @@ def test_predict_and_serve_average_with_mirrored_and_shifted_images_when_the_run
     np.testing.assert_allclose([entry["probability"] for entry in served["predictions"]],
                                result.probabilities, atol=1e-5)  # fmt: skip
     assert served["explained_class"] == result.classes[0]
+
+
+def test_a_model_file_outside_its_run_folder_takes_nothing_from_files_beside_it(
+    flip_run, tmp_path, capsys
+):
+    pixels = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    photo = tmp_path / "exact.png"
+    Image.fromarray(pixels).save(photo)
+
+    def predicted(model_or_run) -> dict[str, float]:
+        assert cli.main(["predict", str(model_or_run), str(photo), "--top-k", "10", "--json"]) == 0
+        top = json.loads(capsys.readouterr().out)["top"]
+        return {entry["class"]: entry["probability"] for entry in top}
+
+    model = keras.models.load_model(flip_run / "best.keras")
+    plain = dict(zip(CIFAR10_CLASSES, model.predict(pixels[None] / 255.0, verbose=0)[0],
+                     strict=True))  # fmt: skip
+    in_run = predicted(flip_run)  # Averaged with mirrored and shifted copies, as its run says.
+    assert max(abs(in_run[name] - plain[name]) for name in CIFAR10_CLASSES) > 1e-4
+    # The run's own checkpoint, named directly, is still the run's.
+    assert predicted(flip_run / "best.keras") == in_run
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    shutil.copy(flip_run / "best.keras", downloads / "model.keras")
+    shutil.copy(flip_run / "config.json", downloads / "config.json")  # Asks for flip and shift.
+    metrics = json.loads((flip_run / "metrics.json").read_text())
+    metrics["class_names"] = [f"kind{index}" for index in range(10)]
+    (downloads / "metrics.json").write_text(json.dumps(metrics))
+    bare = predicted(downloads / "model.keras")
+    assert set(bare) == set(CIFAR10_CLASSES)  # Not the names in the metrics beside it.
+    for name in CIFAR10_CLASSES:
+        assert bare[name] == pytest.approx(plain[name], abs=1e-5)
+
+    # Named as a run's checkpoint, but beside another program's config: a bare model too.
+    shutil.copy(flip_run / "best.keras", downloads / "best.keras")
+    (downloads / "config.json").write_text(json.dumps({"name": "photos", "epochs": "all"}))
+    assert predicted(downloads / "best.keras") == bare

@@ -6,6 +6,7 @@ Every command runs as its own process, exactly as a user (or a sweep's workers) 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -214,6 +215,112 @@ def test_a_garbled_config_is_one_sentence(trained_run, tmp_path):
     shutil.copytree(trained_run, copy)
     (copy / run_folder.CONFIG).write_text('{"name": "baseline", "epochs": ')
     assert_one_sentence(cifarlab("report", copy, cache=tmp_path), 2, "config.json", "damaged")
+
+
+# A run killed in training, as its folder is left: a backup of its last finished epoch, and a
+# history row for each epoch up to it (one more when the kill fell between a row and its backup).
+RESUMABLE = ("--epochs", "10", "--quiet", "--precision", "float32")
+BACKUP_METADATA = Path(run_folder.BACKUP) / "training_metadata.json"  # Keras's epoch number.
+
+
+@pytest.fixture(scope="module")
+def killed_run(tiny_archive, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("killed") / "run"
+    arguments = ["train", "baseline", *RESUMABLE, "--data", tiny_archive, "--out", out]
+    process = subprocess.Popen(
+        [*COMMAND, *map(str, arguments)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment(out.parent / "cache"),
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / BACKUP_METADATA).is_file():
+            assert process.poll() is None, "the run ended before its first backup"
+            assert time.monotonic() < deadline, "the first epoch never finished"
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert (out / BACKUP_METADATA).is_file(), "the run finished training before the kill"
+    return out
+
+
+def copy_of(killed_run: Path, tmp_path: Path) -> tuple[Path, int, list[str]]:
+    """A copy of the killed run, its backup's epoch and its history's lines."""
+    out = tmp_path / "baseline"
+    shutil.copytree(killed_run, out)
+    backup_epoch = int(json.loads((out / BACKUP_METADATA).read_text())["epoch"])
+    lines = (out / run_folder.HISTORY).read_text().splitlines(keepends=True)
+    assert backup_epoch >= 1 and len(lines) - 1 >= backup_epoch
+    return out, backup_epoch, lines
+
+
+def train_again(out: Path, tiny_archive, tmp_path, command="train") -> subprocess.CompletedProcess:
+    """The killed run's command again: `train`, or a `study` of its experiment around it."""
+    if command == "train":
+        where = ["train", "baseline", "--out", out]
+    else:
+        where = ["study", "--experiments", "baseline", "--out", out.parent]
+    return cifarlab(*where, *RESUMABLE, "--data", tiny_archive, cache=tmp_path / "cache")
+
+
+def cut_short(row: str) -> str:
+    return row[: len(row) // 2]  # Columns and a number missing.
+
+
+def zero_filled(row: str) -> str:
+    return row[:3] + "\0" * 40  # Space allotted but never written, as after a crash.
+
+
+@pytest.mark.parametrize(
+    ("command", "tear"),
+    [("train", cut_short), ("train", zero_filled), ("study", cut_short)],
+    ids=["train, cut short", "train, zero-filled", "study, cut short"],
+)
+def test_a_torn_history_row_past_the_backup_is_dropped_and_the_run_resumes(
+    command, tear, killed_run, tiny_archive, tmp_path
+):
+    out, backup_epoch, lines = copy_of(killed_run, tmp_path)
+    kept = run_folder.read_history(out)[:backup_epoch]
+    # The next epoch's row, as a kill while CSVLogger wrote it leaves it: no line end.
+    epoch, rest = lines[-1].split(",", 1)
+    (out / run_folder.HISTORY).write_text("".join(lines) + tear(f"{int(epoch) + 1},{rest}"))
+    result = train_again(out, tiny_archive, tmp_path, command)
+    assert result.returncode == 0, result.stderr
+    rows = run_folder.read_history(out)
+    assert [row["epoch"] for row in rows] == list(range(10))
+    assert rows[:backup_epoch] == kept  # The epochs trained before the kill are kept as they were.
+    assert run_folder.is_finished(out)  # Its metrics agree with the history: ten epochs.
+
+
+def test_a_torn_first_row_without_a_backup_starts_the_run_afresh(
+    killed_run, tiny_archive, tmp_path
+):
+    out, _, lines = copy_of(killed_run, tmp_path)
+    # What a kill while the first epoch's row was written leaves: no backup yet, a torn row.
+    shutil.rmtree(out / run_folder.BACKUP)
+    (out / run_folder.HISTORY).write_text(lines[0] + lines[1][: len(lines[1]) // 2])
+    result = train_again(out, tiny_archive, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [row["epoch"] for row in run_folder.read_history(out)] == list(range(10))
+    assert run_folder.is_finished(out)
+
+
+@pytest.mark.parametrize("damage", ["a torn row", "rows missing"])
+def test_a_damaged_history_up_to_the_backup_is_refused_and_kept(
+    damage, killed_run, tiny_archive, tmp_path
+):
+    out, backup_epoch, lines = copy_of(killed_run, tmp_path)
+    if damage == "a torn row":  # The first epoch's row, which the resume would keep.
+        lines[1] = lines[1][: len(lines[1]) // 2] + "\n"
+    else:  # The backup's last epoch has no row.
+        lines = lines[:backup_epoch]
+    (out / run_folder.HISTORY).write_text("".join(lines))
+    history = (out / run_folder.HISTORY).read_bytes()
+    assert_one_sentence(train_again(out, tiny_archive, tmp_path), 2, str(out), "damaged")
+    assert (out / run_folder.HISTORY).read_bytes() == history
+    assert (out / BACKUP_METADATA).is_file()
 
 
 def test_a_finished_run_leaves_no_partial_files(trained_run):

@@ -292,3 +292,43 @@ def test_metrics_that_are_not_this_runs_leave_it_out_by_name(finished_run, chang
     # In a study folder it is left out with a warning naming it, not silently.
     with pytest.warns(UserWarning, match=f"{finished_run.name} is left out: .*{problem}"):
         assert run_folder.finished_runs_in(finished_run.parent) == []
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}  # fmt: skip
+
+
+def test_a_quick_train_after_the_main_job_goes_to_its_own_folder(
+    tiny_archive, other_archive, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    # The README's main job first: a study writes runs/baseline (one epoch here).
+    assert cifarlab("study", "--experiments", "baseline", "--data", tiny_archive, "--out", "runs",
+                    *FAST) == 0  # fmt: skip
+    study_run = files_of(Path("runs/baseline"))
+    capsys.readouterr()
+    # Then the README's quick run, another config, without --out: it trains, beside the study.
+    quick = ("train", "baseline", "--data", tiny_archive, "--precision", "float32")
+    assert cifarlab(*quick, "--epochs", "2") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "baseline: run folder runs/train/baseline (no --out given)." in out
+    assert "Run folder: runs/train/baseline (figures: " in "\n".join(out)
+    assert stored(Path("runs/train/baseline"))["epochs"] == 2
+    assert files_of(Path("runs/baseline")) == study_run
+    # Another config, or other data, gets the next free folder; the study's is never touched.
+    assert cifarlab(*quick, "--epochs", "1", "--quiet") == 0
+    assert "Run folder: runs/train/baseline-2 (" in capsys.readouterr().out
+    assert cifarlab("train", "baseline", "--data", other_archive, "--precision", "float32",
+                    "--epochs", "2", "--quiet") == 0  # fmt: skip
+    assert "Run folder: runs/train/baseline-3 (" in capsys.readouterr().out
+    assert stored(Path("runs/train/baseline-3"), "dataset.json")["source"] == str(other_archive)
+    # The same command again finds its own finished run, and says what to do.
+    assert cifarlab(*quick, "--epochs", "2") == 2
+    assert error_line(capsys) == (
+        "cifarlab: runs/train/baseline holds a finished run; pass --overwrite to train it again."
+    )
+    assert files_of(Path("runs/baseline")) == study_run
+    assert sorted(path.name for path in Path("runs/train").iterdir()) == [
+        "baseline", "baseline-2", "baseline-3"
+    ]  # fmt: skip

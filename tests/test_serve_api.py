@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import zlib
 
 import numpy as np
@@ -51,6 +52,7 @@ def test_runs_lists_metrics_verdict_and_curves(client, trained_run):
     # Evaluation stores every run's diagnosis; the service reports the stored verdict.
     stored = json.loads((trained_run / "metrics.json").read_text())["diagnosis"]["verdict"]
     assert runs["baseline"]["verdict"] == stored and runs["baseline"]["curves_url"] is None
+    assert runs["baseline"]["damaged"] is None and runs["diagnosed"]["damaged"] is None
     assert runs["diagnosed"]["verdict"] == "underfitting: train longer"
     curves = client.get(runs["diagnosed"]["curves_url"])
     assert curves.status_code == 200 and curves.headers["content-type"] == "image/png"
@@ -157,6 +159,31 @@ def test_no_request_reaches_files_outside_the_served_runs(client):
     for path in paths:
         response = client.get(path)
         assert response.status_code == 404, path
+
+
+def test_a_run_with_a_wrong_typed_metrics_file_is_listed_as_damaged_beside_the_others(
+    trained_run, diagnosed_run, tmp_path
+):
+    edited = tmp_path / "edited"
+    shutil.copytree(trained_run, edited)
+    metrics = json.loads((edited / "metrics.json").read_text())
+    metrics["experiment"] = 5  # A hand edit: a number where the experiment's name belongs.
+    (edited / "metrics.json").write_text(json.dumps(metrics))
+    app = serve_app.create_app([edited, diagnosed_run])
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/api/runs")
+        assert response.status_code == 200, response.text
+        runs = {run["name"]: run for run in response.json()}
+        assert list(runs) == ["edited", "diagnosed"]
+        assert runs["diagnosed"]["experiment"] == "baseline"
+        assert set(runs["diagnosed"]["accuracy"]) == {"train", "val", "test"}
+        assert runs["diagnosed"]["damaged"] is None
+        # None of the damaged file's numbers are shown as the run's, and the reason is given.
+        assert runs["edited"]["damaged"] == "its metrics.json has no experiment of type str"
+        assert runs["edited"]["experiment"] is None and runs["edited"]["accuracy"] == {}
+        assert runs["edited"]["verdict"] is None
+        # Its model still classifies.
+        assert post(client, jpeg(), run="edited").status_code == 200
 
 
 def test_serving_no_runs_is_a_user_error():

@@ -1,4 +1,5 @@
-"""The real server on loopback: a browser uses the page, 16 clients load it, a fuzzer probes it.
+"""The real server on loopback: a browser uses the page, 16 clients load it, a fuzzer probes it;
+and the report as a phone's browser shows it.
 
 One `cifarlab serve` process (the CLI itself) serves the session's tiny run for all three.
 """
@@ -9,6 +10,7 @@ import asyncio
 import base64
 import io
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -16,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import numpy as np
@@ -32,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from cifarlab import cli
 from cifarlab.data.standard import CIFAR10_CLASSES
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, installed by .ci/run.
@@ -42,6 +46,12 @@ CHROMIUM_ARGS = [
 # No 5xx, and every answer is one the schema documents, with the documented type and shape.
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]  # fmt: skip
+# A run folder whose name holds URL syntax: its links work only if they are percent-encoded.
+URL_SYNTAX_NAME = "base#1?x"
+PHONE = {"width": 390, "height": 844}  # An iPhone 12-15's viewport, in CSS pixels.
+# Every accuracy and the verdict, as the page's and the report's headings name them: what a
+# phone must show without scrolling sideways.
+KEY_HEADINGS = ("Train acc.", "Val acc.", "Val. acc.", "Test acc.", "Verdict")
 FUZZ_EXAMPLES = 30  # Per operation and mode (valid, invalid): bounds the fuzz's time.
 LOAD_CLIENTS, LOAD_REQUESTS = 16, 50
 
@@ -71,11 +81,15 @@ def report(capsys, line: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(trained_run, diagnosed_run, tmp_path_factory):
-    """Base URL of `cifarlab serve` running the two runs on a free loopback port."""
+    """Base URL of `cifarlab serve` running the two runs, and a copy of the diagnosed one named
+    `URL_SYNTAX_NAME`, on a free loopback port."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
+    odd_run = tmp_path_factory.mktemp("odd") / URL_SYNTAX_NAME
+    shutil.copytree(diagnosed_run, odd_run)
     command = [sys.executable, "-m", "cifarlab.cli", "serve", str(trained_run),
-               str(diagnosed_run), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+               str(diagnosed_run), str(odd_run), "--host", "127.0.0.1",
+               "--port", str(port)]  # fmt: skip
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
     base_url = f"http://127.0.0.1:{port}"
@@ -229,8 +243,79 @@ def test_the_page_fits_a_phone_without_sideways_scrolling(server, browser, tmp_p
     )
     page.close()
     assert page_width <= 390 and header_width == 390
-    assert table_box[0] <= 390 < table_box[1]  # The runs table scrolls inside its own box.
+    assert table_box[1] <= table_box[0] <= 390  # The runs, as cards, need no scrolling at all.
     assert len(image_edges) == 2 and all(right <= 390 for right in image_edges)
+
+
+# Each body cell of a table: its column's heading, its text, and where it lies on screen.
+CELL_BOXES = """(selector) => {
+  const table = document.querySelector(selector);
+  const headings = [...table.tHead.rows[0].cells].map((cell) => cell.textContent.trim());
+  return [...table.tBodies[0].rows].flatMap((row) => [...row.cells].map((cell, index) => {
+    const box = cell.getBoundingClientRect();
+    return {heading: headings[index], text: cell.innerText.trim(), left: box.left,
+            right: box.right, width: box.width};
+  }));
+}"""
+
+
+def key_cells(page, selector: str) -> list[dict]:
+    """The accuracy and verdict cells of the table at `selector`."""
+    cells = page.evaluate(CELL_BOXES, selector)
+    return [cell for cell in cells if cell["heading"] in KEY_HEADINGS]
+
+
+def assert_on_screen(cells: list[dict], rows: int) -> None:
+    """Every cell lies whole within the phone's width, shown (not collapsed) and filled."""
+    assert len(cells) == rows * 4, cells  # Three accuracies and the verdict.
+    for cell in cells:
+        assert cell["left"] >= 0 and cell["right"] <= PHONE["width"], cell
+        assert cell["width"] > 0 and cell["text"], cell
+
+
+def test_a_phone_shows_every_runs_accuracies_verdict_and_curves(server, browser):
+    page, requested = open_page(browser, server, **PHONE)
+    page.wait_for_selector("#runs tbody tr:nth-child(3)")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#runs img')].every((image) => image.complete)"
+    )
+    cells = key_cells(page, "#runs")
+    loaded = page.evaluate(
+        "[...document.querySelectorAll('#runs img')].map((image) => image.naturalWidth)"
+    )
+    links = page.eval_on_selector_all("#runs a", "links => links.map((link) => link.href)")
+    page.close()
+    assert_on_screen(cells, rows=3)
+    verdicts = [cell["text"] for cell in cells if cell["heading"] == "Verdict"]
+    assert verdicts[1:] == ["underfitting: train longer"] * 2  # The diagnosed run and its copy.
+    # The run named with URL syntax gets its own curves, through a percent-encoded URL.
+    assert len(loaded) == 2 and all(width > 0 for width in loaded)
+    assert links[1] == f"{server}/api/runs/base%231%3Fx/curves.png"
+    assert links[1] in requested
+
+
+def test_the_report_keeps_accuracies_and_verdict_on_a_phone(trained_run, browser, tmp_path):
+    run_dir = tmp_path / URL_SYNTAX_NAME  # Its figure links must be percent-encoded to work.
+    shutil.copytree(trained_run, run_dir)
+    assert cli.main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    report = tmp_path / "report" / "report.html"
+    page = browser.new_page(viewport=PHONE)
+    page.goto(report.as_uri())
+    page_width = page.evaluate("document.documentElement.scrollWidth")
+    cells = key_cells(page, "h2 + .table-scroll table")  # The Results table.
+    links = page.eval_on_selector_all("figure a", "links => links.map((link) => link.href)")
+    page.close()
+    assert page_width <= PHONE["width"]
+    assert_on_screen(cells, rows=1)
+    # Every figure link opens its own file, `#` and `?` in the folder's name included.
+    run_links = [link for link in links if URL_SYNTAX_NAME in unquote(link)]
+    assert len(run_links) >= 3
+    for link in links:
+        parts = urlsplit(link)
+        assert parts.scheme == "file" and not parts.fragment and not parts.query, link
+        assert Path(unquote(parts.path)).is_file(), link
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "](../base%231%3Fx/curves.png)" in markdown
 
 
 def test_the_docs_page_renders_the_openapi_schema(server, browser):

@@ -122,6 +122,20 @@ def test_report_names_classes_hardware_and_thresholds(study_folder):
     assert "augmented" in markdown and "textbook" in markdown
 
 
+def test_a_two_epoch_study_draws_no_textbook_conclusions(study_folder):
+    # Two epochs are fewer than a comparison of curves needs: every one of the notebook's six
+    # comparisons says so, in the stored comparisons and on both pages, and none takes a side.
+    stored = json.loads((study_folder / "comparisons.json").read_text())["comparisons"]
+    assert len(stored) == 6
+    assert {entry["finding"] for entry in stored} == {diagnosis.TOO_LITTLE_EVIDENCE}
+    page = (study_folder / "report.html").read_text()
+    assert page.count("[too little evidence]</span>") == 6
+    assert "[contradicts]" not in page and "[agrees]" not in page
+    assert "fewer than 3 epochs" in page  # The rule, stated above the sentences.
+    markdown = (study_folder / "report.md").read_text()
+    assert markdown.count("- (too little evidence) ") == 6 and "(contradicts)" not in markdown
+
+
 def test_report_rebuilds_the_same_report_without_training(study_folder):
     before = {name: (study_folder / name).read_bytes()
               for name in ("report.md", "results.csv", "results.json")}  # fmt: skip

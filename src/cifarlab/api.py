@@ -10,6 +10,7 @@ Nothing here keeps global state: every call says what it works on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cifarlab.errors import UserError
 from cifarlab.plans import StudyPlan
 from cifarlab.views import Run, Study
 
+log = logging.getLogger(__name__)
 __all__ = [
     "Run", "Study", "build_report", "evaluate", "experiment_config", "load_data", "open_run",
     "predict", "study", "train",
@@ -55,8 +57,11 @@ def train(
     callbacks: Sequence[object] = (),
     **overrides: object,
 ) -> Run:
-    """Train one experiment into the run folder `out` (default `runs/<name>`), evaluate it and
-    draw its figures.
+    """Train one experiment into the run folder `out`, evaluate it and draw its figures.
+
+    Without `out` the run goes to `runs/train/<name>`, or `runs/train/<name>-2`, ... when that
+    holds a run of another config or data (`run_folder.train_folder`), never into a study's
+    `runs/<name>`; the returned `Run`'s `path` says where.
 
     `overrides` replace config fields, e.g. `epochs=5, learning_rate=3e-3, seed=1`, or
     `model=build_fn` for your own network (see `experiment_config`). Without
@@ -74,7 +79,10 @@ def train(
     config = experiment_config(experiment, experiments_file, **overrides)
     if data is None:
         data = dataset.load_for(config, path, quiet=quiet)
-    out = Path(out) if out is not None else Path("runs") / config.name
+    if out is None:
+        out = run_folder.train_folder(config, data.record())
+        log.info("%s: run folder %s (no --out given).", config.name, out)
+    out = Path(out)
     training.train_and_evaluate(config, out, data, overwrite, quiet, tensorboard, callbacks)
     run_figures.draw_all(out, data)
     return Run(out)

@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("experiment", metavar="EXPERIMENT", help=EXPERIMENT_HELP)
     train.add_argument("--experiments", type=Path, metavar="FILE", help=EXPERIMENTS_FILE_HELP)
     train.add_argument("--model", metavar="MODULE:FUNCTION", help=MODEL_HELP)
-    train.add_argument("--out", type=Path, help="run folder (default: runs/EXPERIMENT)")
+    train.add_argument("--out", type=Path,
+                       help="run folder (default: runs/train/EXPERIMENT, or EXPERIMENT-2, ... "
+                       "where that holds a run of another config or data)")  # fmt: skip
     train.add_argument("--overwrite", action="store_true", help="train a finished run again")
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard logs into the run folder")  # fmt: skip

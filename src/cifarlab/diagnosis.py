@@ -27,6 +27,10 @@ EARLY_SHARE = 0.25
 # A difference smaller than this many binomial standard errors of the validation accuracy could
 # be a handful of validation images: about 95% of chance differences fall within two.
 SAMPLING_ERRORS = 2.0
+# A comparison of two runs' curves needs at least this many epochs in each: with one epoch there
+# is no curve, and with two a curve has one step, so its roughness is zero by definition and its
+# rise from the minimum is a single epoch's noise. Three give two steps to compare.
+MIN_COMPARISON_EPOCHS = 3
 
 VERDICTS = ("overfitting", "underfitting", "good fit", "too little evidence")
 CURVES = ("loss", "val_loss", "accuracy", "val_accuracy")
@@ -54,6 +58,17 @@ def rules(num_classes: int | None = None) -> list[str]:
         f"{floor}.",
         "good fit: none of the above.",
     ]
+
+
+def comparison_rules() -> str:
+    """When a comparison of two runs says "too little evidence" instead of a finding."""
+    return (
+        f"A comparison says too little evidence when either run has fewer than "
+        f"{MIN_COMPARISON_EPOCHS} epochs; when it compares validation numbers and either run's "
+        f"validation accuracy is within {SAMPLING_ERRORS:g} standard errors of chance; or, for "
+        f"the accuracy gap, when the difference is within {SAMPLING_ERRORS:g} standard errors "
+        "of two validation accuracies, given the number of validation images."
+    )
 
 
 def diagnose(history: list[dict], num_classes: int, num_val_images: int | None = None) -> dict:
@@ -115,6 +130,12 @@ def sampling_error(accuracy: float, num_images: int) -> float:
     return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / num_images)
 
 
+def near_chance(accuracy: float, chance: float, num_images: int) -> bool:
+    """True if `accuracy` on `num_images` images is within `SAMPLING_ERRORS` binomial standard
+    errors of chance: the model has not measurably learned anything."""
+    return accuracy - chance < SAMPLING_ERRORS * sampling_error(chance, num_images)
+
+
 def judge(numbers: dict) -> tuple[str, list[str]]:
     """The verdict by the rules of `rules()`, and the sentences that justify it."""
     rise = numbers["val_loss_rise_percent"]
@@ -151,7 +172,7 @@ def _thin_evidence(numbers: dict, rise: float) -> str:
         return ""
     accuracy, chance = numbers["val_accuracy_final"], numbers["chance_accuracy"]
     error = sampling_error(chance, count)
-    if accuracy - chance < SAMPLING_ERRORS * error:
+    if near_chance(accuracy, chance, count):
         return (
             f"Validation accuracy ended at {accuracy:.1%}, within {SAMPLING_ERRORS:g} standard "
             f"errors ({SAMPLING_ERRORS * error:.1%}) of chance ({chance:.1%}) on {count} "
@@ -179,11 +200,17 @@ class Comparison:
     unit: str = ""  # Display unit after scaling, e.g. "points" or "%".
     scale: float = 1.0  # Multiplies the stored value for display (100: fraction to points).
     expected: str = "lower"  # Whether the textbook expects the candidate's number lower or higher.
+    # What the number is read from, and so what evidence it needs besides the epochs:
+    # "training" curves alone; "validation" curves, which say something only for models that
+    # score measurably above chance on the validation images; or the "validation accuracy",
+    # whose difference must also exceed its binomial standard error (`thin_comparison`).
+    evidence: str = "validation"
 
 
 AUGMENTATION_COMPARISONS = (
     Comparison("accuracy_gap_final", "The train–validation accuracy gap at the end",
-               "augmentation narrows the gap", tolerance=1.0, unit=" points", scale=100.0),
+               "augmentation narrows the gap", tolerance=1.0, unit=" points", scale=100.0,
+               evidence="validation accuracy"),
     Comparison("loss_gap_final", "The validation-minus-training loss gap at the end",
                "augmentation narrows the gap", tolerance=0.02),
     Comparison("val_loss_rise_percent", "The validation loss's rise from its minimum to the end",
@@ -191,12 +218,14 @@ AUGMENTATION_COMPARISONS = (
 )  # fmt: skip
 BATCHNORM_COMPARISONS = (
     Comparison("train_loss_final", "The training loss at the end",
-               "batch normalization trains to a lower loss", tolerance=0.02),
+               "batch normalization trains to a lower loss", tolerance=0.02,
+               evidence="training"),
     Comparison("train_loss_early", "The training loss after the first quarter of the epochs",
-               "batch normalization makes the training loss fall faster", tolerance=0.02),
+               "batch normalization makes the training loss fall faster", tolerance=0.02,
+               evidence="training"),
     Comparison("smoothness.loss.roughness", "The training loss's roughness (ups and downs "
                "beyond its trend, per epoch)", "batch normalization makes the training loss "
-               "fall more smoothly", tolerance=0.005),
+               "fall more smoothly", tolerance=0.005, evidence="training"),
 )  # fmt: skip
 # (candidate, reference) experiment names and what to compare between them.
 COMPARISONS = {
@@ -215,8 +244,10 @@ def value(diagnosis: dict, key: str) -> float:
 def compare_runs(diagnoses: dict[str, dict]) -> list[dict]:
     """Every comparison of `COMPARISONS` whose two runs are present, as report entries.
 
-    Each entry has the candidate, reference, key, `agrees` (True, False, or None when the
-    difference is within tolerance) and the sentence.
+    Each entry has the candidate, reference, key, `finding` (one of `FINDINGS`' values, or
+    "too little evidence" when `thin_comparison` says the runs cannot carry it), `agrees`
+    (True, False, or None when the difference is within tolerance or the evidence too thin)
+    and the sentence.
     """
     entries = []
     for (candidate, reference), comparisons in COMPARISONS.items():
@@ -225,20 +256,78 @@ def compare_runs(diagnoses: dict[str, dict]) -> list[dict]:
         for comparison in comparisons:
             candidate_value = value(diagnoses[candidate], comparison.key)
             reference_value = value(diagnoses[reference], comparison.key)
-            agrees = agreement(comparison, reference_value, candidate_value)
+            thin = thin_comparison(
+                comparison, {candidate: diagnoses[candidate], reference: diagnoses[reference]}
+            )
+            agrees = None if thin else agreement(comparison, reference_value, candidate_value)
             sentence_text = sentence(
-                comparison, reference, reference_value, candidate, candidate_value
+                comparison, reference, reference_value, candidate, candidate_value, thin
             )
             entries.append(
                 {
                     "candidate": candidate,
                     "reference": reference,
                     "key": comparison.key,
+                    "finding": TOO_LITTLE_EVIDENCE if thin else FINDINGS[agrees],
                     "agrees": agrees,
                     "sentence": sentence_text,
                 }
             )
     return entries
+
+
+FINDINGS = {True: "agrees", False: "contradicts", None: "no clear difference"}
+TOO_LITTLE_EVIDENCE = "too little evidence"
+
+
+def thin_comparison(comparison: Comparison, diagnoses: dict[str, dict]) -> str:
+    """Why the runs' diagnoses (by name) cannot carry `comparison`, as a clause, or "" if they
+    can: too few epochs; for validation numbers, a run not measurably above chance on its
+    validation images; for the validation accuracy, a difference within `SAMPLING_ERRORS`
+    binomial standard errors of the difference of two accuracies on that many images."""
+    epochs = {name: int(numbers["epochs"]) for name, numbers in diagnoses.items()}
+    short = {name: count for name, count in epochs.items() if count < MIN_COMPARISON_EPOCHS}
+    if short:
+        if len(set(epochs.values())) == 1:
+            ran = f"both runs ran {_epochs(next(iter(epochs.values())))}"
+        else:
+            ran = " and ".join(f"{name} ran {_epochs(count)}" for name, count in short.items())
+        return f"{ran}; a comparison of curves needs at least {MIN_COMPARISON_EPOCHS} in each run"
+    if comparison.evidence == "training":
+        return ""
+    for name, numbers in diagnoses.items():
+        count, accuracy = numbers.get("val_images"), numbers["val_accuracy_final"]
+        chance = numbers["chance_accuracy"]
+        if count and near_chance(accuracy, chance, count):
+            return (
+                f"{name}'s validation accuracy ({accuracy:.1%}) is within {SAMPLING_ERRORS:g} "
+                f"standard errors of chance ({chance:.1%}) on {count} images"
+            )
+    counts = [numbers.get("val_images") for numbers in diagnoses.values()]
+    if comparison.evidence != "validation accuracy" or not all(counts):
+        return ""
+    # Two independent binomial errors add in quadrature. Training accuracy is measured on
+    # several times as many images, so the validation images dominate the difference's error.
+    error = math.sqrt(sum(
+        sampling_error(numbers["val_accuracy_final"], count) ** 2
+        for numbers, count in zip(diagnoses.values(), counts, strict=True)
+    ))  # fmt: skip
+    first, second = (value(numbers, comparison.key) for numbers in diagnoses.values())
+    difference = abs(first - second)
+    if difference >= SAMPLING_ERRORS * error:
+        return ""
+    unit, scale = comparison.unit, comparison.scale
+    images = " and ".join(map(str, dict.fromkeys(counts)))
+    images += " images each" if len(set(counts)) == 1 else " images"
+    return (
+        f"the difference of {difference * scale:.3g}{unit} is within {SAMPLING_ERRORS:g} "
+        f"standard errors ({SAMPLING_ERRORS * error * scale:.3g}{unit}) of two validation "
+        f"accuracies measured on {images}"
+    )
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
 
 
 def agreement(comparison: Comparison, reference_value: float, candidate_value: float):
@@ -255,8 +344,10 @@ def sentence(
     reference_value: float,
     candidate: str,
     candidate_value: float,
+    thin: str = "",
 ) -> str:
-    """One sentence comparing two runs' values of one number, quoting both and the difference."""
+    """One sentence comparing two runs' values of one number, quoting both and the difference;
+    with `thin` (why the evidence cannot carry it), it says so instead of drawing a finding."""
     shown = comparison.scale
     unit = comparison.unit
     difference = (candidate_value - reference_value) * shown
@@ -264,6 +355,11 @@ def sentence(
         f"{comparison.description}: {candidate} {candidate_value * shown:.3g}{unit}, "
         f"{reference} {reference_value * shown:.3g}{unit}"
     )
+    if thin:
+        return (
+            f"{numbers}; too little evidence to test the textbook expectation that "
+            f"{comparison.expectation} ({thin})."
+        )
     agrees = agreement(comparison, reference_value, candidate_value)
     if agrees is None:
         return (

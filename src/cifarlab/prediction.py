@@ -38,8 +38,9 @@ class Classifier:
     model: keras.Model
     class_names: tuple[str, ...]
     name: str
-    run_dir: Path | None = None
+    run_dir: Path | None = None  # None for a model file outside a run folder.
     metrics: dict = field(default_factory=dict)
+    metrics_problem: str | None = None  # Why its metrics file does not count, if it has one.
     test_time_flip: bool = False
     test_time_shift: bool = False
 
@@ -74,29 +75,32 @@ class Prediction:
 
 
 def load_classifier(source: str | Path) -> Classifier:
-    """The classifier in a run folder (its best checkpoint) or in a `.keras` file."""
+    """The classifier in a run folder (its best checkpoint) or in a `.keras` file: a run's own
+    checkpoint brings the run's settings and class names, any other file only its model."""
     source = Path(source)
+    if not source.exists():
+        raise UserError(f"{source} does not exist; name a run folder or a .keras file.")
     if source.is_dir():
         run_dir, model_path = source, source / run_folder.BEST_MODEL
     else:
-        run_dir, model_path = source.parent, source
+        run_dir, model_path = run_folder.run_folder_of(source), source
     if not model_path.is_file():
-        if not source.exists():
-            raise UserError(f"{source} does not exist; name a run folder or a .keras file.")
         raise UserError(f"{source} is neither a trained run folder nor a .keras model file.")
-    config = run_folder.read_config(run_dir) if run_folder.holds_config(run_dir) else Config()
+    in_run = run_dir is not None and run_folder.holds_config(run_dir)
+    config = run_folder.read_config(run_dir) if in_run else Config()
     try:
         model = models.load_model(model_path, config.model, compile=False)
     except UserError:
         raise  # The run's builder cannot be imported: already one clear sentence.
     except Exception as error:  # Keras raises many kinds for a file that is not a model.
         raise UserError(_not_a_model(model_path, error)) from error
-    metrics = run_folder.read_metrics(run_dir)
+    metrics, problem = {}, None
+    if run_dir is not None and (run_dir / run_folder.METRICS).is_file():
+        metrics, problem = run_folder.read_metrics(run_dir), run_folder.metrics_problem(run_dir)
     names = class_names(metrics, int(model.output_shape[-1]))
     name = run_dir.name if source.is_dir() else source.stem
-    return Classifier(
-        model, names, name, run_dir, metrics, config.test_time_flip, config.test_time_shift
-    )
+    return Classifier(model, names, name, run_dir, metrics, problem, config.test_time_flip,
+                      config.test_time_shift)  # fmt: skip
 
 
 def _not_a_model(model_path: Path, error: Exception) -> str:

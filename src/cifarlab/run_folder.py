@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import itertools
 import json
 import shutil
 import warnings
@@ -103,19 +104,32 @@ def read_json(path: str | Path):
         raise UserError(f"{path} is damaged (not valid JSON); remove it or rerun.") from error
 
 
-def read_history(run_dir: str | Path) -> list[dict]:
-    """`history.csv` as rows of floats (`epoch` stays Keras's 0-based integer); empty if none."""
+def read_history(run_dir: str | Path, epochs: int | None = None) -> list[dict]:
+    """`history.csv` as rows of floats (`epoch` stays Keras's 0-based integer); empty if none.
+
+    With `epochs`, only the rows of the first `epochs` epochs are read: a resume keeps those
+    and drops the rest, so a row that a kill tore past them is no damage.
+    """
     path = Path(run_dir) / HISTORY
     if not path.is_file():
         return []
     try:
-        with open(path, newline="") as file:
+        with open(path, newline="") as file:  # pragma: no mutate (no field holds a newline)
             return [
                 {key: int(value) if key == "epoch" else float(value) for key, value in row.items()}
-                for row in csv.DictReader(file)
+                for row in itertools.islice(csv.DictReader(file), epochs)
             ]
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, csv.Error) as error:
         raise UserError(f"{path} is damaged (not a history table); remove the run.") from error
+
+
+def count_history_rows(run_dir: str | Path) -> int:
+    """The rows in `history.csv`, whole or torn, without reading their values."""
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    return max(0, len(lines) - 1)  # Less the header.
 
 
 def write_history(run_dir: str | Path, rows: list[dict]) -> None:
@@ -132,7 +146,7 @@ def read_config(run_dir: str | Path) -> Config:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (it has no {CONFIG}).")
     values = read_json(path)
-    if not isinstance(values, dict) or not all(key in values for key in _CONFIG_KEYS):
+    if not _written_by_cifarlab(values):
         raise UserError(
             f"{path} was not written by cifarlab; choose another folder for cifarlab's runs."
         )
@@ -143,6 +157,24 @@ def read_config(run_dir: str | Path) -> Config:
         raise UserError(
             f"{path} is damaged ({reason[:1].lower()}{reason[1:]}); remove the run."
         ) from error
+
+
+def _written_by_cifarlab(values) -> bool:
+    return isinstance(values, dict) and all(key in values for key in _CONFIG_KEYS)
+
+
+def run_folder_of(model_path: str | Path) -> Path | None:
+    """The run folder whose checkpoint `model_path` is, or None for a model file of its own.
+
+    A run's checkpoint is named `best.keras` and lies beside the `config.json` that cifarlab
+    wrote for it; a model saved or copied anywhere else is bare, so it never takes settings (or
+    a builder to import) from whatever config happens to lie beside it.
+    """
+    model_path = Path(model_path)
+    folder = model_path.parent
+    if model_path.name != BEST_MODEL or not holds_config(folder):
+        return None
+    return folder if _written_by_cifarlab(read_json(folder / CONFIG)) else None
 
 
 def read_data_record(run_dir: str | Path) -> dict | None:
@@ -160,8 +192,7 @@ def read_data_record(run_dir: str | Path) -> dict | None:
 def read_metrics(run_dir: str | Path) -> dict:
     """`metrics.json`, or {} while the run is unfinished: missing, torn, or not this run's
     (`metrics_problem` says which)."""
-    metrics, problem = _checked_metrics(Path(run_dir))
-    return {} if problem else metrics
+    return _checked_metrics(Path(run_dir))[0]  # Empty whenever there is a problem.
 
 
 def metrics_problem(run_dir: str | Path) -> str | None:
@@ -238,7 +269,7 @@ def check_same_data(run_dir: str | Path, record: dict, remedy: str = "") -> None
             warnings.warn(
                 f"{run_dir} records no data fingerprint (an older cifarlab wrote it), so the "
                 "data it trained on cannot be checked.",
-                stacklevel=2,
+                stacklevel=2,  # pragma: no mutate (where it points, not what it says)
             )
         return
     if stored["fingerprint"] != record["fingerprint"]:
@@ -251,8 +282,8 @@ def check_same_data(run_dir: str | Path, record: dict, remedy: str = "") -> None
 
 def _described(record: dict) -> str:
     images = record.get("images") or {}
-    sizes = "/".join(f"{images.get(split, '?'):,}" if isinstance(images.get(split), int)
-                     else "?" for split in ("train", "val", "test"))  # fmt: skip
+    sizes = "/".join(f"{images[split]:,}" if isinstance(images.get(split), int) else "?"
+                     for split in ("train", "val", "test"))  # fmt: skip
     return f"{sizes} train/val/test images from {record.get('source', 'an unknown source')}"
 
 
@@ -273,6 +304,28 @@ def finished_with(run_dir: str | Path, config: Config, data_record: dict | None 
     return holds_config(run_dir) and is_finished(run_dir)
 
 
+# `cifarlab train`'s runs when no folder is named: apart from a study's `runs/<experiment>`.
+TRAIN_RUNS = Path("runs") / "train"
+
+
+def train_folder(config: Config, data_record: dict, parent: Path = TRAIN_RUNS) -> Path:
+    """Where `train` puts a run when no folder is named: `runs/train/<experiment>`, or the first
+    of `<experiment>-2`, `-3`, ... that is free or holds a run of exactly `config` on the data
+    of `data_record`. The same command therefore finds its own run again (to resume it, or to
+    refuse redoing it unasked), and another config or other data never mixes into it."""
+    folder, number = Path(parent) / config.name, 1
+    while holds_config(folder):
+        try:
+            with warnings.catch_warnings():  # Training checks the folder again, and warns.
+                warnings.simplefilter("ignore")
+                check_same_run(folder, config, data_record)
+            break
+        except UserError:  # Another config, other data, or a config.json not cifarlab's.
+            number += 1
+            folder = Path(parent) / f"{config.name}-{number}"
+    return folder
+
+
 def clear(run_dir: str | Path) -> None:
     """Remove the run in `run_dir`: only the files this module names (and their unfinished
     temporary copies), never anything else in the folder, and nothing at all from a folder
@@ -287,7 +340,7 @@ def clear(run_dir: str | Path) -> None:
         elif path.exists() or path.is_symlink():
             path.unlink()
         for partial in run_dir.glob(f".{glob.escape(name)}.*"):  # Left by a kill mid-write.
-            partial.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)  # pragma: no mutate (it was just listed)
 
 
 @contextmanager
@@ -334,7 +387,7 @@ def finished_runs_in(folder: Path) -> list[Path]:
             warnings.warn(
                 f"{run_dir} is left out: its {METRICS} {problem}; rerun its cifarlab train "
                 "command to evaluate it again.",
-                stacklevel=2,
+                stacklevel=2,  # pragma: no mutate (where it points, not what it says)
             )
     return found
 

@@ -78,7 +78,12 @@ def train_and_evaluate(
         if 0 < initial_epoch < config.epochs:
             log.info("%s: resuming at epoch %d of %d.", config.name, initial_epoch + 1,
                      config.epochs)  # fmt: skip
-        rows = run_folder.read_history(run_dir)[:initial_epoch]
+        rows = run_folder.read_history(run_dir, initial_epoch)
+        if len(rows) < initial_epoch:
+            raise UserError(
+                f"{run_dir / run_folder.HISTORY} is damaged (it records {len(rows)} epochs but "
+                f"the backup {initial_epoch}); remove the run."
+            )
         run_folder.write_history(run_dir, rows)
         if not _done(rows, config):
             diverged = _fit(model, config, data, run_dir, rows, quiet, tensorboard, callbacks)
@@ -153,12 +158,23 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
 
 
 def _resume_epoch(run_dir: Path, config: Config) -> int:
-    """The number of finished epochs to keep: BackupAndRestore's, or all if training ended."""
+    """The number of finished epochs to keep: BackupAndRestore's, or all if training ended.
+
+    Each epoch's history row is written before its backup, so a kill while the row is written
+    tears a row past the backup, which the resume drops unread.
+    """
     _repair_backup(run_dir / run_folder.BACKUP)
     metadata = run_dir / run_folder.BACKUP / _BACKUP_METADATA
     if metadata.is_file():
         return int(run_folder.read_json(metadata)["epoch"])
-    rows = run_folder.read_history(run_dir)
+    try:
+        rows = run_folder.read_history(run_dir)
+    except UserError:
+        # Without a backup, training ended (every row counts) or never backed up its first
+        # epoch (none does): a torn first and only row is the one a kill left, and is dropped.
+        if run_folder.count_history_rows(run_dir) > 1:
+            raise
+        return 0
     trained = _done(rows, config) and (run_dir / run_folder.BEST_MODEL).is_file()
     return len(rows) if trained else 0
 

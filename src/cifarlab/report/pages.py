@@ -9,10 +9,11 @@ the PNGs embedded as data, each linking to its file beside it. HTML is autoescap
 from __future__ import annotations
 
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifarlab import run_folder
+from cifarlab import diagnosis, run_folder
 from cifarlab.report import rendering
 from cifarlab.report.rendering import results_columns, table
 from cifarlab.scale import statistics
@@ -60,7 +61,6 @@ DIAGNOSIS_NOTE = (
     "minimum validation loss. Roughness: the mean epoch-to-epoch change beyond the curve's "
     "trend, zero for a curve that only falls."
 )
-MARKS = {True: "agrees", False: "contradicts", None: "no clear difference"}
 CSS = (Path(__file__).parent / "report.css").read_text()
 
 
@@ -136,12 +136,16 @@ def hardware_line(environment: dict) -> str:
 
 
 def figure_sections(page: Page) -> list[dict]:
-    """The study's figures, then each run's, with relative paths (None where missing)."""
+    """The study's figures, then each run's, with relative paths and their URLs (None where
+    missing)."""
 
     def figure(folder: Path, name: str) -> dict:
         path = Path(folder) / name
         relative = Path(os.path.relpath(path, page.out_dir)).as_posix() if path.is_file() else None
-        return {"name": name, "path": relative, "caption": FIGURE_CAPTIONS[name],
+        # The link is a URL: each segment percent-encoded, so a run folder named `base#1?x`
+        # links to its own file rather than to `base` with a fragment.
+        url = urllib.parse.quote(relative, safe="/") if relative else None
+        return {"name": name, "path": relative, "url": url, "caption": FIGURE_CAPTIONS[name],
                 "missing": f"{name} is missing: `cifarlab study` draws it after training "
                            "(it needs the images)."}  # fmt: skip
 
@@ -180,12 +184,11 @@ def _context(page: Page) -> dict:
         "comparisons": [
             {
                 **entry,
-                "mark": "against its base"
-                if entry.get("kind") == "base"
-                else MARKS[entry["agrees"]],
+                "mark": "against its base" if entry.get("kind") == "base" else entry["finding"],
             }
             for entry in page.comparisons
-        ],  # fmt: skip
+        ],
+        "comparison_rules": diagnosis.comparison_rules(),
         "sections": figure_sections(page),
     }
 

@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, BinaryIO
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -80,6 +81,7 @@ class RunInfo(BaseModel):
     accuracy: dict[str, float]  # Per split ("train", "val", "test") where the run has it.
     verdict: str | None
     curves_url: str | None
+    damaged: str | None  # Why the run's metrics are not shown, when its metrics file is damaged.
 
 
 _ERRORS = {
@@ -147,8 +149,8 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
     )
     def learning_curves(name: str) -> FileResponse:
         """The run's learning-curves figure, where its folder has one."""
-        path = _choose(runs, name)[1].classifier.run_dir / run_folder.CURVES
-        if not path.is_file():
+        path = _curves(_choose(runs, name)[1])
+        if path is None:
             raise HTTPException(404, f"Run '{name}' has no learning curves ({run_folder.CURVES}).")
         return FileResponse(path, media_type="image/png")
 
@@ -191,7 +193,8 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
 
 
 def run_info(name: str, served: ServedRun) -> RunInfo:
-    metrics = served.classifier.metrics
+    classifier = served.classifier
+    metrics = classifier.metrics
     accuracy = {
         split: float(metrics[split]["accuracy"])
         for split in ("train", "val", "test")
@@ -199,16 +202,30 @@ def run_info(name: str, served: ServedRun) -> RunInfo:
     }
     diagnosis = metrics.get("diagnosis")
     verdict = diagnosis.get("verdict") if isinstance(diagnosis, dict) else None
-    has_curves = (served.classifier.run_dir / run_folder.CURVES).is_file()
+    problem = classifier.metrics_problem
     return RunInfo(
         name=name,
         experiment=metrics.get("experiment"),
-        class_names=list(served.classifier.class_names),
-        image_size=served.classifier.image_size,
+        class_names=list(classifier.class_names),
+        image_size=classifier.image_size,
         accuracy=accuracy,
         verdict=str(verdict) if verdict is not None else None,
-        curves_url=f"/api/runs/{name}/{run_folder.CURVES}" if has_curves else None,
+        curves_url=_curves_url(name) if _curves(served) else None,
+        damaged=f"its {run_folder.METRICS} {problem}" if problem is not None else None,
     )
+
+
+def _curves_url(name: str) -> str:
+    """The curves' URL, the name percent-encoded: a run named `base#1?x` is not cut at `#`."""
+    return f"/api/runs/{quote(name, safe='')}/{run_folder.CURVES}"
+
+
+def _curves(served: ServedRun) -> Path | None:
+    """The run's learning-curves figure, where it is a run folder that has one."""
+    run_dir = served.classifier.run_dir
+    if run_dir is None or not (run_dir / run_folder.CURVES).is_file():
+        return None
+    return run_dir / run_folder.CURVES
 
 
 def _choose(runs: dict[str, ServedRun], name: str | None) -> tuple[str, ServedRun]:

@@ -10,8 +10,10 @@ function percent(value) {
   return value === undefined || value === null ? "—" : `${(100 * value).toFixed(1)}%`;
 }
 
+// Each cell carries its column's heading: a phone shows the rows as cards of "heading: value".
 function cell(row, content) {
   const td = row.insertCell();
+  td.dataset.label = row.closest("table").tHead.rows[0].cells[td.cellIndex].textContent;
   if (content instanceof Node) td.append(content);
   else td.textContent = content;
   return td;
@@ -35,7 +37,8 @@ async function loadRuns() {
     cell(row, run.name);
     cell(row, run.experiment ?? "—");
     for (const split of ["train", "val", "test"]) cell(row, percent(run.accuracy[split]));
-    cell(row, run.verdict ? run.verdict : noneText("not diagnosed"));
+    const verdict = run.damaged ? noneText(`damaged: ${run.damaged}`) : noneText("not diagnosed");
+    cell(row, run.verdict ? run.verdict : verdict);
     if (run.curves_url) {
       const image = document.createElement("img");
       image.src = run.curves_url;
