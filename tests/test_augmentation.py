@@ -110,3 +110,23 @@ def test_each_epochs_order_depends_only_on_seed_and_epoch():
     for index, order in enumerate(resumed, start=2):
         np.testing.assert_array_almost_equal(order, uninterrupted[index])
     assert not np.array_equal(uninterrupted[0], uninterrupted[1])  # Reshuffled every epoch.
+
+
+@pytest.mark.parametrize("settings", [
+    Augmentation(rotation_degrees=10, shift=0.1, horizontal_flip=True),
+    Augmentation(crop_padding=4, horizontal_flip=True, cutout=8),
+])  # fmt: skip
+def test_a_resumed_stream_skips_the_draws_of_the_batches_already_augmented(settings):
+    from cifarlab import input_pipeline
+
+    images = smooth_images(16)
+    straight = augmentation.augmenter(settings, seed=5)
+    for _ in range(3):  # An uninterrupted run augmented three batches ...
+        straight(images, training=True)
+    resumed = augmentation.augmenter(settings, seed=5)
+    input_pipeline.skip_draws(resumed, 3, images[:4])  # ... which a resumed run skips.
+    expected = keras.ops.convert_to_numpy(straight(images, training=True))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(resumed(images, training=True)),
+                                  expected)  # fmt: skip
+    fresh = augmentation.augmenter(settings, seed=5)  # Not skipping replays the first batch.
+    assert not np.array_equal(keras.ops.convert_to_numpy(fresh(images, training=True)), expected)

@@ -121,6 +121,19 @@ def test_bad_input_is_one_sentence_before_tensorflow_loads(arguments, expected, 
     assert expected in assert_one_sentence(result.stderr)
 
 
+@pytest.mark.parametrize("content", [b"# Notes\n\nnot an archive\n", b"\x1f\x8b\x08\x00cut short"])
+def test_a_file_that_is_no_archive_is_one_line_naming_it(content, tmp_path):
+    data = tmp_path / "notes.tar.gz"
+    data.write_bytes(content)
+    result = cifarlab("data", "info", "--data", data)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    # tarfile's own error lists each compression it tried, one per line: none of that here.
+    assert result.stderr.splitlines() == [
+        f"cifarlab: {data} is truncated or not a valid tar.gz archive (file could not be opened "
+        "successfully); download it again."
+    ]
+
+
 def test_a_busy_port_is_refused_before_the_models_load(cli_run):
     _, out = cli_run
     with socket.socket() as holder:

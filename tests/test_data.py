@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import io
 import pickle
+import re
 import tarfile
+import tempfile
+import threading
 
 import numpy as np
 import pytest
+import tqdm
 
 from cifarlab import load_data
 from cifarlab.data import cache, dataset, safe_files, standard
@@ -155,3 +161,158 @@ def test_full_sets_keep_the_notebooks_random_split_unless_asked():
     random_counts = dataset.split(*arguments).counts()["val"]
     assert sum(random_counts) == 4_000 and len(set(random_counts)) > 1
     assert dataset.split(*arguments, stratify=True).counts()["val"] == [400] * 10
+
+
+class Python2Pickler(pickle._Pickler):
+    """Pickles as Python 2 did for the official archive: byte strings as `str` (BINSTRING)."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_python2_str(self, text: bytes | str) -> None:
+        data = text if isinstance(text, bytes) else text.encode("ascii")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
+        self.memoize(text)
+
+    dispatch[bytes] = save_python2_str
+    dispatch[str] = save_python2_str
+
+
+def python2_pickle(payload: dict) -> bytes:
+    """`payload` as Python 2 with NumPy 1 wrote it, arrays rebuilt by `numpy.core.multiarray`."""
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(payload)
+    return buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def test_an_archive_pickled_by_python_2_reads_like_one_pickled_by_python_3(tiny_archive, tmp_path):
+    """The official archive was pickled by Python 2: its byte strings are `str` opcodes, which
+    only `encoding="bytes"` reads back as the `bytes` keys and pixel rows the loader expects."""
+    python2, arrays = tmp_path / "cifar-10-python.tar.gz", 0
+    with tarfile.open(tiny_archive) as source, tarfile.open(python2, "w:gz") as target:
+        for member in source:
+            payload = pickle.loads(source.extractfile(member).read())  # Our own fixture.
+            data = python2_pickle(payload)
+            arrays += b"cnumpy.core.multiarray\n" in data
+            info = tarfile.TarInfo(member.name)
+            info.size = len(data)
+            target.addfile(info, io.BytesIO(data))
+    assert arrays == 6  # Five training batches and the test batch; the meta file has none.
+    expected, loaded = load_data(tiny_archive), load_data(python2)
+    np.testing.assert_array_equal(loaded.x_train, expected.x_train)
+    np.testing.assert_array_equal(loaded.y_test, expected.y_test)
+    assert loaded.class_names == expected.class_names
+
+
+class _Evaluates:
+    def __reduce__(self):
+        return (eval, ("1 + 1",))
+
+
+def test_a_refused_global_is_named_in_the_sentence():
+    with pytest.raises(UserError) as error:
+        safe_files.safe_unpickle(pickle.dumps({b"data": _Evaluates()}), "data_batch_1")
+    assert str(error.value) == (
+        "data_batch_1 is not a valid dataset file (forbidden global builtins.eval); replace it."
+    )
+
+
+def test_sha256_of_a_file_of_several_blocks_is_the_digest_of_its_bytes(tmp_path):
+    # Three and a half mebibytes: read in blocks, hashed as one.
+    content = bytes(range(256)) * (7 * 2**11)
+    (tmp_path / "file").write_bytes(content)
+    assert safe_files.sha256_of(tmp_path / "file") == hashlib.sha256(content).hexdigest()
+
+
+@pytest.fixture
+def slow_server(tiny_archive):
+    """An HTTP server that sends half of `tiny_archive`, then the rest once `finish` is set."""
+    payload = tiny_archive.read_bytes()
+    state = {"length": True, "half_sent": threading.Event(), "finish": threading.Event()}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            if state["length"]:
+                self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()  # HTTP/1.0: without a length, the end of the stream ends it.
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            state["half_sent"].set()
+            state["finish"].wait(30)
+            self.wfile.write(payload[len(payload) // 2 :])
+
+        def log_message(self, *arguments):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
+    yield state
+    state["finish"].set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["with length", "without length"])
+def test_a_download_appears_only_when_complete_and_shows_its_progress(
+    slow_server, tiny_archive, tmp_path, capsys, monkeypatch, length
+):
+    # The partial file is written beside the destination, not in the temporary folder (another
+    # file system, where the final rename would not be atomic; here, one that cannot be used).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "not a folder"))
+    (tmp_path / "not a folder").write_text("")
+    slow_server["length"] = length
+    destination = tmp_path / "new" / "cache" / "cifar-10-python.tar.gz"  # Neither folder exists.
+    digest = safe_files.sha256_of(tiny_archive)
+    done: dict = {}
+    worker = threading.Thread(
+        target=lambda: done.update(
+            path=safe_files.download(slow_server["url"], destination, digest)
+        ),
+        daemon=True,
+    )
+    worker.start()
+    try:
+        # Until half is sent, or the download ended early (then the test fails at once).
+        while worker.is_alive() and not slow_server["half_sent"].wait(0.01):
+            pass
+        assert slow_server["half_sent"].is_set(), "the download stopped before it began"
+        (partial,) = destination.parent.iterdir()
+        assert partial.name.endswith(".part") and not destination.exists()
+    finally:
+        slow_server["finish"].set()
+        worker.join(10)
+    assert done["path"] == destination and destination.read_bytes() == tiny_archive.read_bytes()
+    assert list(destination.parent.iterdir()) == [destination]
+    # tqdm counts bytes in thousands: "330k/330k" with a known length, "330kB" without.
+    size = tqdm.tqdm.format_sizeof(tiny_archive.stat().st_size)
+    shown = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    if length:
+        assert re.fullmatch(rf"download: 100%\|█+\| {size}/{size} \[.*B/s\]", shown[-1]), shown
+    else:  # No percentage at any point: the total is unknown, not 1 byte.
+        assert re.fullmatch(rf"download: {size}B \[.*B/s\]", shown[-1]), shown
+        assert not any("%" in line for line in shown), shown
+
+
+def test_a_quiet_download_shows_no_progress(tiny_archive, tmp_path, capsys):
+    destination = tmp_path / "cifar-10-python.tar.gz"
+    digest = safe_files.sha256_of(tiny_archive)
+    safe_files.download(tiny_archive.as_uri(), destination, digest, quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_failed_downloads_give_the_reason_not_the_exception(tiny_archive, tmp_path):
+    missing = tmp_path / "absent.tar.gz"
+    with pytest.raises(RunError) as error:
+        safe_files.download(missing.as_uri(), tmp_path / "out.tar.gz", "0" * 64, quiet=True)
+    # urllib's URLError prints as "<urlopen error ...>"; its reason is the sentence to show.
+    assert f"No such file or directory: '{missing}')" in str(error.value)
+    assert "urlopen error" not in str(error.value)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunError) as error:  # An OSError has no reason: the error itself.
+        safe_files.download(tiny_archive.as_uri(), tmp_path / "file" / "out.tar.gz", "0" * 64)
+    assert f"([Errno 17] File exists: '{tmp_path / 'file'}')" in str(error.value)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -301,3 +305,272 @@ def test_a_script_loading_outside_its_main_guard_fails_in_one_sentence(tmp_path)
     guarded = run("if __name__ == '__main__':\n    " + call.replace("\n", "\n    "))
     assert guarded.returncode == 0, guarded.stderr
     assert guarded.stdout.splitlines()[-1] == "loaded"
+
+
+# The folder rules on small folders: what counts as a class and an image, links, the cache key,
+# chunks of work and the sentences.
+
+
+def write_flat(folder: Path, count: int, colour: tuple[int, int, int], size=(8, 8)) -> Path:
+    """`count` flat PNGs named 000.png, 001.png, ... in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        Image.new("RGB", size, colour).save(folder / f"{index:03d}.png")
+    return folder
+
+
+def test_skipped_files_are_named_up_to_five_and_the_rest_counted():
+    names = [f"cat/{index}.jpg" for index in range(7)]
+    assert folders.skipped_summary(names[:1]) == "skipped 1 unreadable image file(s): cat/0.jpg."
+    assert folders.skipped_summary(names[:5]) == (
+        "skipped 5 unreadable image file(s): cat/0.jpg, cat/1.jpg, cat/2.jpg, cat/3.jpg, cat/4.jpg."
+    )
+    assert folders.skipped_summary(tuple(names)) == (
+        "skipped 7 unreadable image file(s): cat/0.jpg, cat/1.jpg, cat/2.jpg, cat/3.jpg, "
+        "cat/4.jpg and 2 more."
+    )
+
+
+def test_image_sizes_are_summarised_by_count_and_area():
+    # Areas 360, 400, 15, 3,840 and 360: the smallest and largest by area, not by a side.
+    sizes = np.array([[30, 12], [2, 200], [3, 5], [64, 60], [30, 12]])
+    assert folders.size_summary(sizes) == {
+        "most_common": "30×12",
+        "most_common_count": 2,
+        "distinct": 4,
+        "smallest": "3×5",
+        "largest": "64×60",
+    }
+
+
+def test_what_counts_as_a_class_folder(tmp_path):
+    (tmp_path / "file.png").write_bytes(b"")
+    assert not folders.is_class_folder(tmp_path / "file.png")
+    assert not folders.is_class_folder(tmp_path / "absent")
+    empty = tmp_path / "empty"
+    (empty / "apple").mkdir(parents=True)
+    (empty / "notes").mkdir()
+    (empty / "notes" / "readme.txt").write_text("no images here")
+    assert not folders.is_class_folder(empty)
+    hidden = write_flat(tmp_path / "hidden" / ".thumbnails", 2, (9, 9, 9)).parent
+    (hidden / "apple").mkdir()
+    (hidden / "apple" / ".cover.png").write_bytes((hidden / ".thumbnails" / "000.png").read_bytes())
+    assert not folders.is_class_folder(hidden)  # Hidden folders and files are not data.
+    (tmp_path / "split" / "train").mkdir(parents=True)
+    assert folders.is_class_folder(tmp_path / "split")  # A train/ folder says so by itself.
+    write_flat(tmp_path / "nested" / "apple" / "2024" / "june", 1, (200, 0, 0))
+    assert folders.is_class_folder(tmp_path / "nested")
+
+
+def test_images_are_found_below_each_class_in_a_fixed_order(tmp_path):
+    root = tmp_path / "fruit"
+    write_flat(root / "Xigua", 2, (230, 210, 40))  # Upper case sorts first.
+    write_flat(root / "apple" / "red", 1, (200, 30, 30))
+    (root / "apple" / "GREEN.PNG").write_bytes((root / "Xigua" / "000.png").read_bytes())
+    (root / "apple" / "notes.txt").write_text("not an image")
+    (root / "apple" / ".hidden.png").write_bytes(b"")
+    files = folders.class_images(root)
+    assert [(file.split, file.class_name, file.relative) for file in files] == [
+        ("train", "Xigua", "Xigua/000.png"),
+        ("train", "Xigua", "Xigua/001.png"),
+        ("train", "apple", "apple/GREEN.PNG"),
+        ("train", "apple", "apple/red/000.png"),
+    ]
+    stat = (root / "apple" / "red" / "000.png").stat()
+    assert (files[-1].size, files[-1].modified) == (stat.st_size, stat.st_mtime_ns)
+
+
+def test_split_folders_must_not_bring_new_classes(tmp_path):
+    write_flat(tmp_path / "train" / "apple", 2, (200, 30, 30))
+    write_flat(tmp_path / "train" / "banana", 2, (230, 210, 40))
+    write_flat(tmp_path / "test" / "lime", 1, (20, 200, 20))
+    write_flat(tmp_path / "test" / "kiwi", 1, (20, 200, 20))
+    write_flat(tmp_path / "test" / "apple", 1, (200, 30, 30))
+    with pytest.raises(UserError) as error:
+        folders.class_images(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / 'test'} has classes that {tmp_path / 'train'} lacks (kiwi, lime); every "
+        "class needs training images."
+    )
+    for name in ("kiwi", "lime"):
+        shutil.rmtree(tmp_path / "test" / name)
+    files = folders.class_images(tmp_path)
+    assert [(file.split, file.relative) for file in files] == [
+        ("train", "train/apple/000.png"), ("train", "train/apple/001.png"),
+        ("train", "train/banana/000.png"), ("train", "train/banana/001.png"),
+        ("test", "test/apple/000.png"),
+    ]  # fmt: skip
+
+
+def test_one_class_is_refused_in_one_sentence(tmp_path):
+    write_flat(tmp_path / "train" / "apple", 2, (200, 30, 30))
+    with pytest.raises(UserError) as error:
+        folders.class_images(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / 'train'} has 1 class folder(s); a classifier needs at least 2, one folder "
+        "of images per class."
+    )
+
+
+def test_links_back_up_and_dangling_links_are_skipped_with_a_warning(tmp_path):
+    root = tmp_path / "fruit"
+    write_flat(root / "train" / "apple", 2, (200, 30, 30))
+    write_flat(root / "train" / "banana", 1, (230, 210, 40))
+    (root / "train" / "apple" / "again").symlink_to(root / "train" / "apple")
+    (root / "train" / "apple" / "up").symlink_to(root / "train")
+    (root / "train" / "banana" / "top").symlink_to(root)
+    (root / "train" / "banana" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    with pytest.warns(UserWarning) as caught:
+        files = folders.class_images(root)
+    assert [file.relative for file in files] == [
+        "train/apple/000.png", "train/apple/001.png", "train/banana/000.png"
+    ]  # fmt: skip
+    assert sorted(str(warning.message) for warning in caught) == sorted([
+        f"Skipped {root}/train/apple/again: a link back to a folder above it.",
+        f"Skipped {root}/train/apple/up: a link back to a folder above it.",
+        f"Skipped {root}/train/banana/top: a link back to a folder above it.",
+        f"Skipped {root}/train/banana/gone.png: No such file or directory.",
+    ])  # fmt: skip
+
+
+def test_a_link_to_a_folder_elsewhere_is_followed(tmp_path):
+    write_flat(tmp_path / "elsewhere", 2, (40, 30, 160))
+    root = tmp_path / "fruit"
+    write_flat(root / "apple", 1, (200, 30, 30))
+    (root / "cherry").symlink_to(tmp_path / "elsewhere")
+    assert [file.relative for file in folders.class_images(root)] == [
+        "apple/000.png", "cherry/000.png", "cherry/001.png"
+    ]  # fmt: skip
+
+
+def test_the_cache_is_keyed_by_image_size(tmp_path):
+    root = tmp_path / "fruit"
+    write_flat(root / "apple", 2, (200, 30, 30), size=(12, 10))
+    write_flat(root / "banana", 1, (230, 210, 40), size=(12, 10))
+    small, large = folders.read(root, 8, quiet=True), folders.read(root, 16, quiet=True)
+    assert small.images.shape == (3, 8, 8, 3) and large.images.shape == (3, 16, 16, 3)
+    assert small.labels.tolist() == [0, 0, 1] and small.splits.tolist() == [0, 0, 0]
+    assert small.original_sizes.tolist() == [[12, 10]] * 3
+    assert small.class_names == ("apple", "banana") and small.skipped == ()
+    np.testing.assert_array_equal(small.indices("train"), [0, 1, 2])
+    assert small.indices("test").tolist() == [] and small.indices("val").tolist() == []
+
+
+def test_work_is_handed_out_in_chunks_and_failures_placed_in_theirs(tmp_path, capsys):
+    """601 files are two chunks of 500 and 101; an unreadable one in the second is skipped,
+    and every other image keeps its own label and pixels."""
+    root = tmp_path / "many"
+    write_flat(root / "a", 300, (200, 30, 30))
+    write_flat(root / "b", 300, (30, 30, 200))
+    (root / "b" / "broken.png").write_bytes(b"not a PNG")  # Sorted last: file 601.
+    with pytest.warns(UserWarning, match="Skipped 1 unreadable image file"):
+        decoded = folders.read(root, 8)
+    assert decoded.skipped == ("b/broken.png",)
+    assert decoded.labels.tolist() == [0] * 300 + [1] * 300
+    assert decoded.images.dtype == np.uint8 and decoded.original_sizes.dtype == np.int64
+    assert (decoded.images[:300] == (200, 30, 30)).all()
+    assert (decoded.images[300:] == (30, 30, 200)).all()
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert re.fullmatch(r"decode: 100%\|█+\| 601/601 \[.*image/s\]", bar), bar
+
+
+def test_decode_all_marks_unreadable_files_and_leaves_them_black(tmp_path):
+    good = write_flat(tmp_path, 2, (10, 20, 30), size=(6, 4))
+    (tmp_path / "bad.png").write_bytes(b"")
+    paths = [good / "000.png", tmp_path / "bad.png", good / "001.png"]
+    pixels, sizes, failed = folders.decode_all(paths, 4, quiet=True)
+    assert failed == [1] and sizes.tolist() == [[6, 4], [0, 0], [6, 4]]
+    assert (pixels[1] == 0).all() and (pixels[[0, 2]] == (10, 20, 30)).all()
+
+
+def test_loading_refuses_in_a_worker_importing_its_parents_script(tmp_path, monkeypatch):
+    root = tmp_path / "fruit"
+    write_flat(root / "apple", 2, (200, 30, 30))
+    write_flat(root / "banana", 2, (230, 210, 40))
+    # What `multiprocessing` sets in a spawned worker while it imports the parent's script.
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(UserError) as error:
+        load_data(root, quiet=True)
+    assert str(error.value) == (
+        "This worker process is importing your script again; call cifarlab under "
+        '`if __name__ == "__main__":` there.'
+    )
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", False)
+    folders.refuse_in_an_importing_worker()  # Anywhere else, nothing to refuse.
+
+
+def test_few_images_decode_in_this_process():
+    with folders._executor(folders._PARALLEL_FROM - 1) as executor:
+        assert isinstance(executor, ThreadPoolExecutor) and executor._max_workers == 1
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU decodes in-process")
+def test_many_images_decode_in_spawned_processes_one_per_cpu():
+    with folders._executor(folders._PARALLEL_FROM) as executor:
+        assert isinstance(executor, ProcessPoolExecutor)
+        assert executor._max_workers == len(os.sched_getaffinity(0))
+        # Forking a process that runs TensorFlow's threads can deadlock; spawning cannot.
+        assert executor._mp_context.get_start_method() == "spawn"
+
+
+def test_quiet_reading_shows_no_progress_and_the_default_shows_it(tmp_path, capsys):
+    root = tmp_path / "fruit"
+    write_flat(root / "apple", 2, (200, 30, 30))
+    write_flat(root / "banana", 1, (230, 210, 40))
+    capsys.readouterr()
+    folders.read(root, 8, quiet=True)
+    assert capsys.readouterr().err == ""
+    folders.decode_all(sorted(root.rglob("*.png")), 8)
+    assert "decode: 100%" in capsys.readouterr().err
+
+
+def test_a_new_decoder_version_decodes_again(tmp_path, monkeypatch):
+    """Arrays cached by another version of `images.decode` are not reused."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "fruit"
+    write_flat(root / "apple", 2, (200, 30, 30))
+    write_flat(root / "banana", 1, (230, 210, 40))
+    folders.read(root, 8, quiet=True)
+    (cached,) = (cache.directory() / "decoded").glob("folder-*.npz")
+    with np.load(cached) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    cache.save_atomically(cached, **{**arrays, "images": np.full_like(arrays["images"], 7)})
+    assert (folders.read(root, 8, quiet=True).images == 7).all()  # The marked cache.
+    monkeypatch.setattr(folders, "DECODER_VERSION", folders.DECODER_VERSION + 1)
+    assert (folders.read(root, 8, quiet=True).images[0] == (200, 30, 30)).all()
+
+
+def test_the_cache_is_keyed_by_the_folder_too(tmp_path):
+    """A copy elsewhere with the same names, sizes and times but other pixels is other data."""
+    first = tmp_path / "first"
+    for name, colour in (("apple", (200, 30, 30)), ("banana", (230, 210, 40))):
+        (first / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), colour).save(first / name / "000.bmp")
+    shutil.copytree(first, tmp_path / "second")  # Keeps each file's modification time.
+    second_apple = tmp_path / "second" / "apple" / "000.bmp"
+    stat = second_apple.stat()
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(second_apple)  # A BMP: the same size in bytes.
+    os.utime(second_apple, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert second_apple.stat().st_size == stat.st_size
+    assert (folders.read(first, 8, quiet=True).images[0] == (200, 30, 30)).all()
+    assert (folders.read(tmp_path / "second", 8, quiet=True).images[0] == (0, 0, 255)).all()
+
+
+def test_class_folders_without_images_read_as_no_images_of_the_documented_types(tmp_path):
+    (tmp_path / "apple").mkdir()
+    (tmp_path / "banana").mkdir()
+    decoded = folders.read(tmp_path, 8, quiet=True)
+    assert decoded.images.shape == (0, 8, 8, 3) and decoded.images.dtype == np.uint8
+    assert decoded.labels.dtype == decoded.splits.dtype == np.int64
+    assert decoded.original_sizes.shape == (0, 2) and decoded.skipped == ()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to leave one")
+def test_a_process_allowed_one_cpu_decodes_in_process_however_many_the_machine_has():
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        with folders._executor(folders._PARALLEL_FROM) as executor:
+            assert isinstance(executor, ThreadPoolExecutor)
+    finally:
+        os.sched_setaffinity(0, allowed)

@@ -18,6 +18,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ import pytest
 from PIL import Image
 
 from cifarlab import cli
-from cifarlab.data import cache, safe_files
+from cifarlab.data import cache, images, safe_files
+from cifarlab.errors import UserError
 
 COMMAND = [sys.executable, "-m", "cifarlab.cli"]
 PROGRESS = re.compile(r"^decode: .*\]$")  # tqdm's bar, which `data info` shows while decoding.
@@ -338,3 +340,235 @@ def test_a_cache_whose_writes_fail_midway_is_skipped_with_one_warning(tmp_path, 
     assert_one_cache_warning(messages(done.stderr))
     assert "File too large" in done.stderr
     assert leftovers(cache_home) == []
+
+
+# 4. The rules themselves, on small real archives: which members are read, and each limit on
+#    both sides of its boundary. The limits are lowered so that the archives stay small.
+
+
+def test_only_the_wanted_regular_files_are_read(tiny_archive, tmp_path):
+    """An archive packed by `tar czf` has folder entries too; neither they nor unwanted files
+    are returned, and each member comes back whole."""
+    with tarfile.open(tiny_archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    packed = tmp_path / "packed.tar.gz"
+    (tmp_path / "cifar-10-batches-py" / "readme.html").write_text("<p>not data</p>")
+    with tarfile.open(packed, "w:gz") as tar:
+        tar.add(tmp_path / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+        assert tar.getmember("cifar-10-batches-py").isdir()
+    found = safe_files.read_tar_members(packed, {"test_batch", "batches.meta", "absent"})
+    folder = tmp_path / "cifar-10-batches-py"
+    assert found == {name: (folder / name).read_bytes() for name in ("test_batch", "batches.meta")}
+
+
+def link(name: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, "/etc/passwd"
+    return info
+
+
+@pytest.mark.parametrize(
+    "unsafe",
+    [
+        tarfile.TarInfo("/cifar-10-batches-py/data_batch_1"),
+        tarfile.TarInfo("cifar-10-batches-py/../data_batch_1"),
+        link("cifar-10-batches-py/data_batch_1", tarfile.SYMTYPE),
+        link("cifar-10-batches-py/data_batch_1", tarfile.LNKTYPE),
+    ],
+    ids=["absolute", "parent", "symbolic link", "hard link"],
+)
+def test_an_unsafe_member_refuses_the_whole_archive(unsafe, tmp_path):
+    archive = tmp_path / "unsafe.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("cifar-10-batches-py/readme.html"), io.BytesIO())
+        tar.addfile(unsafe, io.BytesIO())
+    sentence = f"{archive} contains an unsafe member '{unsafe.name}'; refusing it."
+    with pytest.raises(UserError) as error:
+        safe_files.read_tar_members(archive, {"data_batch_1"})
+    assert str(error.value) == sentence
+    with pytest.raises(UserError) as error:
+        safe_files.extract(archive, tmp_path / "out")
+    assert str(error.value) == sentence
+    assert not (tmp_path / "out").exists()
+
+
+def two_members(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """An archive of two members of 1.5 MiB each (3 MiB in all), which zeros keep a few KB."""
+    members = {"data/a": bytes(3 * _MiB // 2), "data/b": bytes(3 * _MiB // 2)}
+    return write_archive(tmp_path / "two.tar.gz", members), {"a": members["data/a"],
+                                                            "b": members["data/b"]}  # fmt: skip
+
+
+def refusal(archive: Path) -> str:
+    with pytest.raises(UserError) as error:
+        safe_files.read_tar_members(archive, {"a", "b"})
+    prefix, suffix = f"{archive} is refused because ", "; if it is genuine, extract it yourself"
+    assert str(error.value).startswith(prefix) and suffix in str(error.value)
+    return str(error.value)[len(prefix) : str(error.value).index(suffix)]
+
+
+def test_a_member_of_exactly_the_member_limit_is_read(tmp_path, monkeypatch):
+    archive, members = two_members(tmp_path)
+    monkeypatch.setattr(safe_files, "MAX_MEMBER_BYTES", 3 * _MiB // 2)
+    assert safe_files.read_tar_members(archive, {"a", "b"}) == members
+    monkeypatch.setattr(safe_files, "MAX_MEMBER_BYTES", 3 * _MiB // 2 - 1)
+    assert refusal(archive) == (
+        "its member 'data/a' would unpack to 1.5 MiB, over the 1.5 MiB limit for one member"
+    )
+    monkeypatch.setattr(safe_files, "MAX_MEMBER_BYTES", _MiB)
+    assert refusal(archive) == (
+        "its member 'data/a' would unpack to 1.5 MiB, over the 1.0 MiB limit for one member"
+    )
+
+
+def test_members_adding_up_to_exactly_the_archive_limit_are_read(tmp_path, monkeypatch):
+    archive, members = two_members(tmp_path)
+    monkeypatch.setattr(safe_files, "MAX_READ_BYTES", 3 * _MiB)
+    assert safe_files.read_tar_members(archive, {"a", "b"}) == members
+    # Each member is under the limit; the two together are over it.
+    monkeypatch.setattr(safe_files, "MAX_READ_BYTES", 2 * _MiB)
+    assert refusal(archive) == (
+        "its members up to 'data/b' would unpack to 3.0 MiB, over the 2.0 MiB limit for one archive"
+    )
+
+
+def test_the_ratio_limit_applies_from_its_floor_and_admits_exactly_its_ratio(tmp_path, monkeypatch):
+    archive, members = two_members(tmp_path)
+    compressed = archive.stat().st_size
+    ratio = 3 * _MiB // compressed  # Zeros: far above any real archive's ratio.
+    assert 3 * _MiB % compressed and ratio > 100, compressed
+    # At its floor (3 MiB in all) no archive is refused for its ratio, however high.
+    monkeypatch.setattr(safe_files, "RATIO_FROM", 3 * _MiB)
+    monkeypatch.setattr(safe_files, "MAX_RATIO", 1)
+    assert safe_files.read_tar_members(archive, {"a", "b"}) == members
+    # Above it: a ratio of one more than the archive's admits it, the archive's own refuses it.
+    monkeypatch.setattr(safe_files, "RATIO_FROM", 3 * _MiB - 1)
+    monkeypatch.setattr(safe_files, "MAX_RATIO", ratio + 1)
+    assert safe_files.read_tar_members(archive, {"a", "b"}) == members
+    monkeypatch.setattr(safe_files, "MAX_RATIO", ratio)
+    assert refusal(archive) == (
+        f"its members up to 'data/b' would unpack to 3.0 MiB, {ratio:,} times its "
+        f"{compressed / _MiB:,.1f} MiB, more than the {ratio} times no real dataset exceeds "
+        "(a decompression bomb)"
+    )
+
+
+def named_files(*names: str) -> dict[str, bytes]:
+    """Small members: a PNG for each image name, a few bytes of text for any other."""
+    return {name: png((90, 90, 90), index) if name.endswith(".png") else b"notes"
+            for index, name in enumerate(names)}  # fmt: skip
+
+
+def images_and_notes(images: int, notes: int, folder: str = "photos/cat") -> list[str]:
+    return [f"{folder}/{index:03d}.png" for index in range(images)] + [
+        f"{folder}/{index:03d}.txt" for index in range(notes)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (images_and_notes(3, 2), True),
+        (images_and_notes(2, 2), False),  # A tie is not "most".
+        (images_and_notes(2, 3), False),
+        # Only the first 50 files count: 25 images and 25 others, then images.
+        (images_and_notes(25, 25) + images_and_notes(3, 0, "photos/dog"), False),
+        (images_and_notes(26, 24) + images_and_notes(0, 3, "photos/dog"), True),
+        ([name.replace(".png", ".PNG") for name in images_and_notes(3, 2)], True),
+    ],
+    ids=["most", "tie", "fewer", "after the sample", "within the sample", "upper-case"],
+)
+def test_an_archive_holds_images_when_most_of_its_first_files_are_images(names, expected, tmp_path):
+    archive = write_archive(tmp_path / "photos.tar.gz", named_files(*names))
+    assert safe_files.holds_images(archive, images.IMAGE_SUFFIXES) is expected
+
+
+def test_what_is_not_an_archive_of_images_holds_none(tmp_path, tiny_archive):
+    (tmp_path / "notes.txt").write_text("not an archive")
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(
+        write_archive(tmp_path / "full.tar.gz", photos(per_class=40)).read_bytes()
+    )
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    for path in (tmp_path / "notes.txt", tmp_path, tmp_path / "absent.tar.gz", tiny_archive):
+        assert safe_files.holds_images(path, images.IMAGE_SUFFIXES) is False, path
+    assert safe_files.holds_images(truncated, images.IMAGE_SUFFIXES) is False
+
+
+def test_a_large_non_image_ends_the_sample_before_it_is_read(tmp_path):
+    """A pickle or array of a standard dataset (over 1 MiB) says "not a class-folder archive"
+    whatever follows; a stray file of exactly 1 MiB is just a stray file."""
+    names = images_and_notes(3, 0)
+    stray = {**named_files(*names), "photos/notes.bin": _MiB}
+    assert safe_files.holds_images(
+        write_archive(tmp_path / "a.tar.gz", stray), images.IMAGE_SUFFIXES
+    )
+    data = {**named_files(*names), "photos/notes.bin": _MiB + 1}
+    archive = write_archive(tmp_path / "b.tar.gz", data)
+    assert not safe_files.holds_images(archive, images.IMAGE_SUFFIXES)
+
+
+def test_a_member_too_large_to_extract_ends_the_sample(tmp_path, monkeypatch):
+    """Files after it are not looked at (nor is it decompressed): `extract` refuses it."""
+    monkeypatch.setattr(safe_files, "MAX_IMAGE_BYTES", _MiB // 2)
+    members = {**named_files(*images_and_notes(3, 0)), "photos/cat/huge.png": _MiB // 2 + 1}
+    members |= named_files(*images_and_notes(0, 5, "photos/dog"))
+    archive = write_archive(tmp_path / "photos.tar.gz", members)
+    assert safe_files.holds_images(archive, images.IMAGE_SUFFIXES)
+    with pytest.raises(UserError, match="its member 'photos/cat/huge.png' would unpack to 0.5 MiB"):
+        safe_files.extract(archive, tmp_path / "out")
+    # Up to the total limit for extraction, the files after it count too.
+    monkeypatch.setattr(safe_files, "MAX_IMAGE_BYTES", _MiB)
+    assert not safe_files.holds_images(archive, images.IMAGE_SUFFIXES)
+
+
+def test_the_total_limit_for_extraction_ends_the_sample(tmp_path, monkeypatch):
+    members = {**named_files(*images_and_notes(3, 0)), **named_files(*images_and_notes(0, 5))}
+    archive = write_archive(tmp_path / "photos.tar.gz", members)
+    sizes = [len(content) for content in members.values()]
+    # The three images fit; the first note takes the total over the limit and ends the sample.
+    monkeypatch.setattr(safe_files, "MAX_EXTRACTED_BYTES", sum(sizes[:3]) + sizes[3] - 1)
+    assert safe_files.holds_images(archive, images.IMAGE_SUFFIXES)
+    monkeypatch.setattr(safe_files, "MAX_EXTRACTED_BYTES", sum(sizes))
+    assert not safe_files.holds_images(archive, images.IMAGE_SUFFIXES)
+
+
+def test_an_archive_of_exactly_the_ratio_limit_is_read(tmp_path, monkeypatch):
+    """ "More than the ratio" is refused; exactly the ratio is not. A fraction makes the limit
+    times the archive's size exactly its unpacked size."""
+    archive, members = two_members(tmp_path)
+    monkeypatch.setattr(safe_files, "RATIO_FROM", 0)
+    monkeypatch.setattr(safe_files, "MAX_RATIO", Fraction(3 * _MiB, archive.stat().st_size))
+    assert safe_files.read_tar_members(archive, {"a", "b"}) == members
+
+
+def test_extraction_creates_the_destination_folders_and_only_regular_files(tmp_path):
+    archive = tmp_path / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, content in photos(per_class=2).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        pipe = tarfile.TarInfo("photos/cat/pipe")  # A named pipe packed with the photos.
+        pipe.type = tarfile.FIFOTYPE
+        tar.addfile(pipe)
+    destination = tmp_path / "cache" / "extracted" / "photos"  # Neither folder exists yet.
+    assert safe_files.extract(archive, destination) == destination
+    extracted = sorted(str(path.relative_to(destination)) for path in destination.rglob("*"))
+    assert extracted == ["photos", "photos/cat", "photos/cat/0000.png", "photos/cat/0001.png",
+                         "photos/dog", "photos/dog/0000.png", "photos/dog/0001.png"]  # fmt: skip
+    assert (destination / "photos/dog/0001.png").read_bytes() == photos(2)["photos/dog/0001.png"]
+    assert [path.name for path in destination.parent.iterdir()] == ["photos"]  # No `.part`.
+
+
+def test_a_damaged_archive_is_one_sentence_and_leaves_nothing(tmp_path):
+    archive = write_archive(tmp_path / "photos.tar.gz", photos(per_class=40))
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    destination = tmp_path / "out" / "photos"
+    with pytest.raises(UserError) as error:
+        safe_files.extract(archive, destination)
+    sentence = str(error.value)
+    assert sentence.startswith(f"{archive} could not be extracted (") and sentence.endswith(
+        "); check the file."
+    ), sentence
+    assert list((tmp_path / "out").iterdir()) == []

@@ -135,6 +135,14 @@ def test_a_run_killed_in_epoch_2_and_rerun_equals_an_uninterrupted_run(tmp_path)
     )
 
 
+@pytest.mark.slow
+def test_a_killed_augmented_run_augments_its_remaining_epochs_as_an_uninterrupted_one(tmp_path):
+    # The rotations, shifts and flips of epochs 2 and 3 must be those the uninterrupted run drew
+    # there, not a replay of epoch 1's: the rerun skips the draws of the epochs already run.
+    # (Op determinism, set by the command's environment, runs the augmentation map in order.)
+    _assert_same_run(*_train_killed_and_uninterrupted(tmp_path, ["augmented"]))
+
+
 class _InterruptionError(Exception):
     pass
 

@@ -53,11 +53,20 @@ def test_runs_lists_metrics_verdict_and_curves(client, trained_run):
     stored = json.loads((trained_run / "metrics.json").read_text())["diagnosis"]["verdict"]
     assert runs["baseline"]["verdict"] == stored and runs["baseline"]["curves_url"] is None
     assert runs["baseline"]["damaged"] is None and runs["diagnosed"]["damaged"] is None
+    assert runs["baseline"]["source"] == str(trained_run)
     assert runs["diagnosed"]["verdict"] == "underfitting: train longer"
     curves = client.get(runs["diagnosed"]["curves_url"])
     assert curves.status_code == 200 and curves.headers["content-type"] == "image/png"
     missing = client.get("/api/runs/baseline/curves.png")
     assert missing.status_code == 404 and "no learning curves" in missing.json()["detail"]
+
+
+def test_two_runs_named_alike_are_told_apart_by_their_folders(trained_run, tmp_path):
+    copies = [shutil.copytree(trained_run, tmp_path / study / "baseline") for study in ("a", "b")]
+    with TestClient(serve_app.create_app(copies)) as two:
+        runs = two.get("/api/runs").json()
+    assert [(run["name"], run["source"]) for run in runs] == [
+        ("baseline", str(copies[0])), ("baseline-2", str(copies[1]))]  # fmt: skip
 
 
 def test_predict_returns_top_k_and_a_heat_map_png(client):

@@ -17,7 +17,7 @@ import pytest
 from cifarlab import config as configs
 from cifarlab import run_folder, training
 from cifarlab.data import dataset
-from cifarlab.errors import UserError
+from cifarlab.errors import RunError, UserError
 from cifarlab.files import write_json, write_text
 
 BASELINE = configs.override(configs.experiment("baseline"), epochs=4)
@@ -260,3 +260,108 @@ def test_early_stopping_counts_the_epochs_a_resumed_run_already_ran():
     fresh.set_model(_tiny_model())
     fresh.on_train_begin()
     assert (fresh.best, fresh.wait) == (None, 0)  # Keras's own start.
+
+
+# Whole runs, short and in-process, so that each rule above is also seen in place.
+
+SHORT = configs.override(configs.experiment("baseline"), epochs=2, batch_size=16,
+                         precision="float32")  # fmt: skip
+
+
+class _InterruptedError(Exception):
+    pass
+
+
+class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
+    """A kill early in epoch 2, after the stock callbacks (the backup among them) saw epoch 1."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise _InterruptedError
+
+
+def test_a_run_records_what_it_trained_and_is_not_redone_unasked(tiny_archive, tmp_path, caplog):
+    data = dataset.load_for(SHORT, tiny_archive)
+    run = tmp_path / "run"
+    metrics = training.train_and_evaluate(SHORT, run, data, quiet=True, tensorboard=True)
+    assert run_folder.read_config(run) == SHORT
+    assert run_folder.read_data_record(run) == json.loads(json.dumps(data.record()))
+    environment = json.loads((run / run_folder.ENVIRONMENT).read_text())
+    assert (environment["data"], environment["precision"]) == (data.source, "float32")
+    assert "Total params" in (run / run_folder.MODEL_SUMMARY).read_text()
+    assert [row["epoch"] for row in run_folder.read_history(run)] == [0, 1]
+    assert (run / run_folder.BEST_MODEL).is_file() and (run / run_folder.LOGS).is_dir()
+    assert metrics["epochs_run"] == 2 and run_folder.read_metrics(run) == metrics
+    assert environment["precision_reason"] == environment_of_this_machine("float32")
+    with pytest.raises(UserError, match="holds a finished run; pass --overwrite"):
+        training.train_and_evaluate(SHORT, run, data, quiet=True)
+    # Killed while evaluating: the rerun evaluates without training or claiming to resume.
+    (run / run_folder.METRICS).unlink()
+    rows = run_folder.read_history(run)
+    with caplog.at_level("INFO", logger="cifarlab.training"):
+        training.train_and_evaluate(SHORT, run, data, quiet=True, overwrite=False)
+    assert run_folder.read_history(run) == rows and run_folder.is_finished(run)
+    assert not [message for message in caplog.messages if "resuming" in message]
+    training.train_and_evaluate(SHORT, run, data, quiet=True, overwrite=True)
+    assert run_folder.read_history(run) != rows  # Trained again from scratch.
+
+
+def environment_of_this_machine(precision: str) -> str:
+    from cifarlab import environment
+
+    return environment.choose_precision(precision)[1]
+
+
+def test_a_users_network_gets_its_precision_pixel_statistics_and_schedule(tiny_archive, tmp_path):
+    # The user's network standardizes pixels with statistics `adapt` learns from the training
+    # images; the cosine schedule decays over every step of every epoch.
+    own = configs.override(SHORT, model="tests.custom_models:small_network", precision="bfloat16",
+                           schedule="cosine")  # fmt: skip
+    data = dataset.load_for(own, tiny_archive)
+    run = tmp_path / "run"
+    training.train_and_evaluate(own, run, data, quiet=True)
+    model = keras.models.load_model(run / run_folder.BEST_MODEL)
+    assert model.get_layer("pixel_statistics").dtype_policy.name == "mixed_bfloat16"
+    pixels = data.x_train.astype(np.float64) / 255
+    # Kept in bfloat16, whose 8-bit significand rounds within 2⁻⁸ of the value.
+    np.testing.assert_allclose(np.ravel(model.get_layer("pixel_statistics").mean),
+                               pixels.mean(axis=(0, 1, 2)), rtol=2**-8)  # fmt: skip
+    steps = math.ceil(len(data.y_train) / own.batch_size)
+    schedule = model.optimizer.get_config()["learning_rate"]["config"]
+    assert schedule["decay_steps"] == own.epochs * steps
+
+
+def test_an_interrupted_run_resumes_at_its_next_epoch_and_says_so(tiny_archive, tmp_path, caplog):
+    run_config = configs.override(SHORT, epochs=3)
+    data = dataset.load_for(run_config, tiny_archive)
+    run = tmp_path / "run"
+    with pytest.raises(_InterruptedError):
+        training.train_and_evaluate(run_config, run, data, quiet=True,
+                                    callbacks=[_InterruptAfterFirstEpoch()])  # fmt: skip
+    first = run_folder.read_history(run)
+    assert len(first) == 1 and not (run / run_folder.LOGS).exists()
+    history = (run / run_folder.HISTORY).read_text()
+    (run / run_folder.HISTORY).unlink()  # Fewer rows than the backup: refused, kept.
+    with pytest.raises(UserError, match=r"is damaged \(it records 0 epochs but the backup 1\)"):
+        training.train_and_evaluate(run_config, run, data, quiet=True)
+    # A kill while writing epoch 2's row tore it past the backup: the resume drops it unread.
+    (run / run_folder.HISTORY).write_text(history + "1,2.0,0.")
+    with caplog.at_level("INFO", logger="cifarlab.training"):
+        training.train_and_evaluate(run_config, run, data, quiet=True)
+    assert "baseline: resuming at epoch 2 of 3." in caplog.messages
+    rows = run_folder.read_history(run)
+    assert [row["epoch"] for row in rows] == [0, 1, 2] and rows[0] == first[0]
+
+
+def test_a_diverging_run_stops_naming_its_loss_and_keeps_its_checkpoint(tiny_archive, tmp_path):
+    wrong = configs.override(SHORT, epochs=3, model="tests.custom_models:confidently_wrong")
+    data = dataset.load_for(wrong, tiny_archive)
+    run = tmp_path / "run"
+    with pytest.raises(RunError) as stopped:
+        training.train_and_evaluate(wrong, run, data, quiet=True)
+    message = str(stopped.value)
+    assert message.startswith(f"Training diverged in {run} (loss ")
+    assert message.endswith("; a uniform guess's is 2.30); the best checkpoint so far is kept "
+                            "in best.keras. Try a lower --learning-rate.")  # fmt: skip
+    assert len(run_folder.read_history(run)) == 1 and (run / run_folder.BEST_MODEL).is_file()
+    assert not run_folder.is_finished(run)

@@ -21,7 +21,9 @@ class RandomRotationShift(keras.layers.RandomRotation):
     like `ImageDataGenerator(fill_mode="nearest")`.
     """
 
-    def __init__(self, rotation_degrees: float, shift: float, seed: int | None = None, **kwargs):
+    def __init__(
+        self, rotation_degrees: float, shift: float, seed: int | None = None, **kwargs
+    ):  # pragma: no mutate block (Keras reads this signature; mutmut's wrapper hides it)
         # RandomRotation takes a fraction of a full turn.
         super().__init__(rotation_degrees / 360.0, fill_mode="nearest", seed=seed, **kwargs)
         self.rotation_degrees, self.shift = rotation_degrees, shift
@@ -60,9 +62,11 @@ class RandomPadCrop(keras.layers.Layer):
     """Pad each image by `padding` pixels (reflecting its edges) and crop a random window of the
     original size back out: a random shift of up to `padding` pixels, drawn per image."""
 
-    def __init__(self, padding: int, seed: int | None = None, **kwargs):
+    def __init__(
+        self, padding: int, seed: int | None = None, **kwargs
+    ):  # pragma: no mutate block (Keras reads this signature; mutmut's wrapper hides it)
         super().__init__(**kwargs)
-        self.padding = padding
+        self.padding, self.seed = padding, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=True):
@@ -82,16 +86,18 @@ class RandomPadCrop(keras.layers.Layer):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "padding": self.padding}
+        return {**super().get_config(), "padding": self.padding, "seed": self.seed}
 
 
 class Cutout(keras.layers.Layer):
     """Set one random `size` × `size` square of each image to zero (DeVries and Taylor, 2017);
     the square's centre is anywhere in the image, so it may be cut by the border."""
 
-    def __init__(self, size: int, seed: int | None = None, **kwargs):
+    def __init__(
+        self, size: int, seed: int | None = None, **kwargs
+    ):  # pragma: no mutate block (Keras reads this signature; mutmut's wrapper hides it)
         super().__init__(**kwargs)
-        self.size = size
+        self.size, self.seed = size, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=True):
@@ -102,9 +108,12 @@ class Cutout(keras.layers.Layer):
         count = ops.shape(images)[0]
         centre_rows = keras.random.randint((count, 1), 0, height, seed=self.seed_generator)
         centre_columns = keras.random.randint((count, 1), 0, width, seed=self.seed_generator)
-        # Pixel i is inside when |i - centre| < size / 2, in doubled integers to stay exact.
-        inside_rows = ops.abs(2 * (ops.arange(height)[None] - centre_rows) + 1) <= self.size
-        inside_columns = ops.abs(2 * (ops.arange(width)[None] - centre_columns) + 1) <= self.size
+        # `size` rows and columns from centre - size // 2: centred on the centre pixel for an odd
+        # size, half a pixel up and left of it for an even one.
+        top, left = centre_rows - self.size // 2, centre_columns - self.size // 2
+        rows, columns = ops.arange(height)[None], ops.arange(width)[None]
+        inside_rows = ops.logical_and(rows >= top, rows < top + self.size)
+        inside_columns = ops.logical_and(columns >= left, columns < left + self.size)
         square = ops.logical_and(inside_rows[:, :, None], inside_columns[:, None, :])
         return images * ops.cast(ops.logical_not(square), images.dtype)[..., None]
 
@@ -112,7 +121,7 @@ class Cutout(keras.layers.Layer):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "size": self.size}
+        return {**super().get_config(), "size": self.size, "seed": self.seed}
 
 
 def augmenter(augmentation: Augmentation, seed: int) -> keras.Sequential | None:

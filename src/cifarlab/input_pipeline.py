@@ -37,6 +37,20 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return math.ceil(num_images / batch_size)
 
 
+def skip_draws(augment: keras.Sequential, batches: int, sample: np.ndarray) -> None:
+    """Advance `augment`'s random generators past the draws of `batches` batches, so that a run
+    resumed after them augments its next batch as an uninterrupted run would.
+
+    Keras's generators count their draws (state (seed, n) becomes (seed, n + 1)), and a batch
+    takes the same number whatever its images: one batch of `sample` measures it.
+    """
+    states = [v for v in augment.variables if v.path.endswith("seed_generator_state")]
+    before = [np.asarray(state) for state in states]
+    augment(sample, training=True)
+    for state, start in zip(states, before, strict=True):
+        state.assign(start + (np.asarray(state) - start) * batches)
+
+
 def training_batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -51,9 +65,13 @@ def training_batches(
     as one stream of `steps_per_epoch` batches per epoch (fit it with that `steps_per_epoch`).
 
     One stream for the whole run means one iterator: Keras keeps it across epochs instead of
-    building a new one, and with it a new shuffle, at every epoch's start.
+    building a new one, and with it a new shuffle, at every epoch's start. A stream that starts
+    at a later epoch (a resumed run) first skips the augmentation drawn for the epochs before.
     """
     augment = augmenter(augmentation, seed)
+    if augment is not None and first_epoch:
+        done = first_epoch * steps_per_epoch(len(labels), batch_size)
+        skip_draws(augment, done, scale(images[:batch_size]))
     if keras.backend.backend() == "tensorflow":
         return _tf_training_batches(
             images, labels, num_classes, batch_size, augment, seed, first_epoch, epochs
@@ -122,7 +140,7 @@ class ArrayBatches(keras.utils.PyDataset):
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.epoch = first_epoch
         self.order = self._order()
-        if augment is not None:
+        if augment is not None and not augment.built:  # A resumed stream's is (`skip_draws`).
             # Built here, once, because the worker threads would otherwise race to build it.
             augment.build((None, *images.shape[1:]))
 

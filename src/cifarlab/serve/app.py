@@ -54,6 +54,7 @@ class ServedRun:
 
     classifier: prediction.Classifier
     explainer: grad_cam.GradCam
+    source: str = ""  # The run folder or model file as the command line named it.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -82,6 +83,7 @@ class RunInfo(BaseModel):
     verdict: str | None
     curves_url: str | None
     damaged: str | None  # Why the run's metrics are not shown, when its metrics file is damaged.
+    source: str  # The run folder or model file as `serve` was given it: which run is which.
 
 
 _ERRORS = {
@@ -107,7 +109,7 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, ServedRun]:
         name, counter = classifier.name, 2
         while name in runs:
             name, counter = f"{classifier.name}-{counter}", counter + 1
-        served = ServedRun(classifier, grad_cam.GradCam(classifier.model))
+        served = ServedRun(classifier, grad_cam.GradCam(classifier.model), str(run_dir))
         # One call now, so the first user does not wait for graph tracing.
         served.explainer(np.zeros((1, classifier.image_size, classifier.image_size, 3), np.uint8))
         runs[name] = served
@@ -212,6 +214,7 @@ def run_info(name: str, served: ServedRun) -> RunInfo:
         verdict=str(verdict) if verdict is not None else None,
         curves_url=_curves_url(name) if _curves(served) else None,
         damaged=f"its {run_folder.METRICS} {problem}" if problem is not None else None,
+        source=served.source,
     )
 
 

@@ -34,7 +34,14 @@ async function loadRuns() {
   for (const run of runs) {
     select.add(new Option(run.name, run.name));
     const row = body.insertRow();
-    cell(row, run.name);
+    // Two folders named alike are served as "baseline" and "baseline-2": the source tells them
+    // apart.
+    const name = document.createElement("span");
+    const source = document.createElement("small");
+    source.className = "source";
+    source.textContent = run.source;
+    name.append(run.name, document.createElement("br"), source);
+    cell(row, name);
     cell(row, run.experiment ?? "—");
     for (const split of ["train", "val", "test"]) cell(row, percent(run.accuracy[split]));
     const verdict = run.damaged ? noneText(`damaged: ${run.damaged}`) : noneText("not diagnosed");
