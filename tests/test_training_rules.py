@@ -283,7 +283,9 @@ class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
 def test_a_run_records_what_it_trained_and_is_not_redone_unasked(tiny_archive, tmp_path, caplog):
     data = dataset.load_for(SHORT, tiny_archive)
     run = tmp_path / "run"
-    metrics = training.train_and_evaluate(SHORT, run, data, quiet=True, tensorboard=True)
+    with caplog.at_level("INFO", logger="cifarlab.training"):
+        metrics = training.train_and_evaluate(SHORT, run, data, quiet=True, tensorboard=True)
+    assert not [message for message in caplog.messages if "resuming" in message]  # A fresh run.
     assert run_folder.read_config(run) == SHORT
     assert run_folder.read_data_record(run) == json.loads(json.dumps(data.record()))
     environment = json.loads((run / run_folder.ENVIRONMENT).read_text())
