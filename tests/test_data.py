@@ -316,3 +316,25 @@ def test_failed_downloads_give_the_reason_not_the_exception(tiny_archive, tmp_pa
     with pytest.raises(RunError) as error:  # An OSError has no reason: the error itself.
         safe_files.download(tiny_archive.as_uri(), tmp_path / "file" / "out.tar.gz", "0" * 64)
     assert f"([Errno 17] File exists: '{tmp_path / 'file'}')" in str(error.value)
+
+
+def test_a_file_that_is_no_archive_is_refused_with_the_first_line_of_the_reason(
+    tiny_archive, tmp_path
+):
+    notes = tmp_path / "notes.tar.gz"
+    notes.write_text("# Notes\n\nnot an archive\n")
+    # tarfile lists each compression it tried on a line of its own under the first.
+    with pytest.raises(UserError) as error:
+        safe_files.read_tar_members(notes, {"data_batch_1"})
+    assert str(error.value) == (
+        f"{notes} is truncated or not a valid tar.gz archive (file could not be opened "
+        "successfully); download it again."
+    )
+    truncated = tmp_path / "cifar-10-python.tar.gz"
+    truncated.write_bytes(tiny_archive.read_bytes()[:5000])
+    with pytest.raises(UserError) as error:
+        safe_files.read_tar_members(truncated, {"data_batch_1"})
+    assert str(error.value) == (
+        f"{truncated} is truncated or not a valid tar.gz archive (Compressed file ended before "
+        "the end-of-stream marker was reached); download it again."
+    )

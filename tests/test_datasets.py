@@ -243,6 +243,27 @@ def test_loading_defaults_are_the_configs(tiny_archive):
     loaded = load_data(tiny_archive)
     assert loaded.spec == DataSpec() and loaded.split_settings == DataSpec().to_dict()
     assert dataset.load_for(BASELINE, tiny_archive).spec == BASELINE.data_spec
+    # The spec kept is the one asked for, even a field a standard set has no use for.
+    other = replace(BASELINE, test_fraction=0.3, seed=2)
+    assert dataset.load_for(other, tiny_archive).spec == other.data_spec
+
+
+def test_a_full_size_standard_set_is_split_at_random_unless_stratified(tmp_path):
+    """20,000 training images: the notebook's seeded random split, or a stratified one."""
+    labels = np.repeat(np.arange(10, dtype=np.uint8), 2_000)
+    images = np.zeros((len(labels), 28, 28), np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=images, y_train=labels, x_test=images[:10],
+             y_test=labels[:10])  # fmt: skip
+    random = load_data(tmp_path / "mnist.npz", dataset="mnist", image_size=28, quiet=True)
+    assert random.notes["val_split"] == "a random 20%, seed 0, as in the notebook"
+    assert sum(random.counts()["val"]) == 4_000 and len(set(random.counts()["val"])) > 1
+    again = load_data(tmp_path / "mnist.npz", dataset="mnist", image_size=28, quiet=True)
+    np.testing.assert_array_equal(again.y_val, random.y_val)
+    stratified = load_data(
+        tmp_path / "mnist.npz", dataset="mnist", image_size=28, stratify=True, quiet=True
+    )
+    assert stratified.notes["stratify"] is True
+    assert stratified.counts()["val"] == [400] * 10
 
 
 def test_class_folders_show_decoding_progress_unless_quiet(tmp_path, capsys):
@@ -257,6 +278,11 @@ def test_class_folders_show_decoding_progress_unless_quiet(tmp_path, capsys):
         call(write_photos(tmp_path / name, FRUIT))  # A new folder: decoded, not cached.
         bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
         assert bar.startswith("decode: 100%|") and " 16/16 " in bar, (name, bar)
+    archive = tmp_path / "fruit.tar.gz"  # Shown for a packed folder too, terminal or not.
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(write_photos(tmp_path / "packed", FRUIT), arcname="fruit")
+    load_data(archive)
+    assert "decode: 100%|" in capsys.readouterr().err
     quiet_calls = {
         "load": lambda root: load_data(root, quiet=True),
         "load_for": lambda root: dataset.load_for(BASELINE, root, quiet=True),

@@ -7,12 +7,14 @@ second, and refused before any of it is decompressed.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
 import re
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -572,3 +574,37 @@ def test_a_damaged_archive_is_one_sentence_and_leaves_nothing(tmp_path):
         "); check the file."
     ), sentence
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_damaged_gzip_stream_is_one_sentence_and_leaves_nothing(tmp_path):
+    """Two gzip members, the second with its magic number overwritten: gzip's error for it is
+    an OSError without an errno, which is the archive's fault, not the disk's."""
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w") as tar:
+        for name, content in photos(per_class=20).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    data, half = packed.getvalue(), len(packed.getvalue()) // 2
+    archive = tmp_path / "photos.tar.gz"
+    archive.write_bytes(gzip.compress(data[:half]) + b"XX" + gzip.compress(data[half:])[2:])
+    with pytest.raises(UserError) as error:
+        safe_files.extract(archive, tmp_path / "out" / "photos")
+    assert str(error.value) == (
+        f"{archive} could not be extracted (Not a gzipped file (b'XX')); check the file."
+    )
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_extracted_files_belong_to_the_user_without_special_or_shared_write_bits(tmp_path):
+    archive = tmp_path / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, content in photos(per_class=1).items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(content), 0o6777, 12345, 12345
+            tar.addfile(info, io.BytesIO(content))
+    destination = safe_files.extract(archive, tmp_path / "out")
+    for path in destination.rglob("*.png"):
+        # Set-user-ID, set-group-ID and write by group or others are dropped: rwxr-xr-x.
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
+        assert path.stat().st_uid == os.getuid(), path
