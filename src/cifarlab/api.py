@@ -24,8 +24,8 @@ from cifarlab.views import Run, Study
 
 log = logging.getLogger(__name__)
 __all__ = [
-    "Run", "Study", "build_report", "evaluate", "experiment_config", "load_data", "open_run",
-    "predict", "study", "train",
+    "Run", "Study", "build_report", "evaluate", "experiment_config", "export", "load_data",
+    "open_run", "predict", "study", "train",
 ]  # fmt: skip
 
 
@@ -112,6 +112,22 @@ def evaluate(run: Run | str | Path, data: Dataset | None = None, path=None) -> d
         metrics, _ = evaluation.score_run(run.path, data)
         run_folder.write_json(run.path / run_folder.REEVALUATION, metrics)
     return metrics
+
+
+def export(run: Run | str | Path, format: str, out: str | Path, path=None):
+    """Write a finished run's best checkpoint as `format` ("onnx", "saved_model", "litert") to
+    `out`, checked in that format's runtime on the test images of the data the run trained on
+    (loaded from `path` as `evaluate` does). Returns an `export.Export`."""
+    from cifarlab import exports as exporting
+    from cifarlab import prediction
+    from cifarlab.data import dataset
+
+    run = open_run(run)
+    run.finished_metrics()
+    data = dataset.load_for(run.config, path)
+    run_folder.check_same_data(run.path, data.record(), "pass the data it was trained on")
+    classifier = prediction.load_classifier(run.path)
+    return exporting.export(classifier, data.x_test, format, Path(out))
 
 
 def _with_data_settings(overrides: dict, data: Dataset) -> dict:

@@ -157,6 +157,12 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
                         f"{RayOptions.gpus_per_run})")  # fmt: skip
 
 
+def add_tracking_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--track", choices=("mlflow",),
+                        help="also record the finished runs in MLflow ($MLFLOW_TRACKING_URI, "
+                        "else ./mlruns); a tracking failure is a warning, never an error")
+
+
 def _command(commands, name: str, summary: str, command: str | None = None):
     """A subcommand that shows defaults in its help and also accepts --verbose after its name."""
     parser = commands.add_parser(
@@ -187,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "where that holds a run of another config or data)")  # fmt: skip
     train.add_argument("--overwrite", action="store_true", help="train a finished run again")
     train.add_argument("--tensorboard", action="store_true",
-                       help="also write TensorBoard logs into the run folder")  # fmt: skip
+                       help="also write TensorBoard logs, with the run's HParams, into the run "
+                       "folder")  # fmt: skip
+    add_tracking_option(train)
     add_data_options(train)
     add_training_options(train)
 
@@ -195,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                           help="run folder written by cifarlab train")  # fmt: skip
     evaluate.add_argument("--data", type=Path, help=DATA_HELP)
+
+    exporting = _command(commands, "export", "write a run's model as ONNX, a SavedModel or "
+                         "LiteRT, checked in that runtime", "export")  # fmt: skip
+    exporting.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                           help="run folder written by cifarlab train")  # fmt: skip
+    exporting.add_argument("--format", required=True, choices=("onnx", "saved_model", "litert"),
+                           help="onnx (ONNX Runtime), saved_model (TensorFlow) or litert "
+                           "(the LiteRT interpreter)")  # fmt: skip
+    exporting.add_argument("--out", type=Path, required=True,
+                           help="the file (a folder for saved_model) to write; must not exist")
+    exporting.add_argument("--data", type=Path,
+                           help=DATA_HELP + "; its test images check the export")  # fmt: skip
 
     sweep = _command(commands, "sweep", "train a grid of settings × seeds as Ray tasks", "sweep")
     sweep.add_argument("experiment", metavar="EXPERIMENT", help=EXPERIMENT_HELP)
@@ -210,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(sweep)
     add_training_options(sweep)
     add_ray_options(sweep)
+    add_tracking_option(sweep)
 
     data = _command(commands, "data", "inspect a dataset")
     data_commands = data.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
@@ -233,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--repeats", type=positive_int, default=1,
                        help="seeds per experiment, as Ray tasks if more than 1")  # fmt: skip
     add_ray_options(study)
+    study.add_argument("--tensorboard", action="store_true",
+                       help="also write TensorBoard logs, with each run's HParams, into each "
+                       "run folder (not with --repeats)")  # fmt: skip
+    add_tracking_option(study)
 
     listing = _command(commands, "experiments", "list the built-in experiments", "experiments")
     listing_commands = listing.add_subparsers(title="commands", metavar="COMMAND",

@@ -87,6 +87,7 @@ def _train(args: argparse.Namespace) -> int:
         quiet=_plain_epochs(args),
         tensorboard=args.tensorboard,
     )
+    _track(args, [run.path])
     from cifarlab.report import build
 
     print(evaluation.format_metrics(run.metrics))
@@ -106,6 +107,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    preflight.check_exists(args.run_dir, "Run folder", "pass a folder written by cifarlab train")
+    preflight.check_data(args)
+    if args.out.exists():
+        raise UserError(f"{args.out} already exists; name a new path with --out.")
+    preflight.check_output_folder(args.out.parent)
+    preflight.quiet_tensorflow(args.verbose)
+    from cifarlab import api
+
+    print(api.export(args.run_dir, args.format, args.out, path=args.data).summary())
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     base = _resolved_experiment(args)
     preflight.check_data(args)
@@ -119,7 +133,17 @@ def _sweep(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(result.text)
     print(f"Sweep folder: {result.folder}")
+    done = [*result.outcome.skipped, *result.outcome.finished]
+    _track(args, done, f"sweep {result.folder.resolve()}")
     return 0
+
+
+def _track(args: argparse.Namespace, run_dirs: list[Path], experiment: str = "cifarlab") -> None:
+    """Record finished runs in the tracking store `--track` names, if any."""
+    if args.track == "mlflow":
+        from cifarlab import tracking
+
+        tracking.log_runs(run_dirs, experiment)
 
 
 def _data_info(args: argparse.Namespace) -> int:
@@ -144,7 +168,8 @@ def _study(args: argparse.Namespace) -> int:
     names, experiments_file = _study_experiments(args.experiments)
     plan = plans.study_plan(
         names, experiments_file, args.out, args.data, args.repeats, ray_options(args),
-        args.projection, _plain_epochs(args), epochs=args.epochs, precision=args.precision,
+        args.projection, _plain_epochs(args), args.tensorboard, epochs=args.epochs,
+        precision=args.precision,
         model=args.model, early_stopping_patience=args.early_stopping, **data_overrides(args),
     )  # fmt: skip
     preflight.check_data(args)
@@ -157,6 +182,7 @@ def _study(args: argparse.Namespace) -> int:
 
     print(evaluation.outcome_table(study.results))
     print(f"Report: {study.report}")
+    _track(args, [run.path for run in study.runs.values()], f"study {plan.out.resolve()}")
     return 0
 
 
@@ -176,7 +202,8 @@ def _predict(args: argparse.Namespace) -> int:
     for image in args.images:
         preflight.check_exists(image, "Image", "name image files or folders of them")
     preflight.check_output_folder(args.explain, "--explain")
-    preflight.quiet_tensorflow(args.verbose)
+    if args.model.suffix != ".onnx":  # An ONNX export runs without Keras.
+        preflight.quiet_tensorflow(args.verbose)
     from cifarlab import prediction
 
     classifier = prediction.load_classifier(args.model)
@@ -223,7 +250,8 @@ def _serve(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         preflight.check_exists(run_dir, "Run folder", "name run folders or .keras files")
     preflight.check_port(args.host, args.port)
-    preflight.quiet_tensorflow(args.verbose)
+    if any(Path(run_dir).suffix != ".onnx" for run_dir in args.run_dirs):
+        preflight.quiet_tensorflow(args.verbose)
     from cifarlab.serve import app
 
     app.serve(args.run_dirs, args.host, args.port)
@@ -261,8 +289,9 @@ def _configure_output(quiet: bool) -> None:
 
 
 COMMANDS = {
-    "train": _train, "evaluate": _evaluate, "sweep": _sweep, "data info": _data_info,
-    "study": _study, "report": _report, "predict": _predict, "serve": _serve,
+    "train": _train, "evaluate": _evaluate, "export": _export, "sweep": _sweep,
+    "data info": _data_info, "study": _study, "report": _report, "predict": _predict,
+    "serve": _serve,
     "experiments": _experiments, "experiments show": _experiments_show,
 }  # fmt: skip
 

@@ -43,6 +43,7 @@ class StudyPlan:
     ray: RayOptions = field(default_factory=RayOptions)
     projection: str = "pca"  # How the feature plot maps penultimate features to 2-D.
     quiet: bool = False
+    tensorboard: bool = False  # TensorBoard logs with HParams in each run folder (no repeats).
 
     def __post_init__(self) -> None:
         if not self.configs:
@@ -72,6 +73,7 @@ def study_plan(
     ray: RayOptions | None = None,
     projection: str = "pca",
     quiet: bool = False,
+    tensorboard: bool = False,
     **overrides: object,
 ) -> StudyPlan:
     """The study of `experiments` (names; default: every experiment of `experiments_file`, a
@@ -86,4 +88,4 @@ def study_plan(
         declared_experiments.resolve(declared.get(name, name), **overrides) for name in names
     )
     return StudyPlan(study_configs, Path(out), path, repeats, ray or RayOptions(), projection,
-                     quiet)  # fmt: skip
+                     quiet, tensorboard)  # fmt: skip

@@ -1,5 +1,8 @@
 """Classify your own images with a trained run: top classes per image, optionally Grad-CAM.
 
+A run folder or `.keras` file is run by Keras; an ONNX export (`cifarlab export`) by ONNX
+Runtime alone, so that path imports neither Keras nor TensorFlow.
+
 Images (JPEG, PNG, BMP, GIF, WebP, TIFF) are brought to the model's input by
 `data.images.load` (centre crop to a square, Lanczos resize), decoded in parallel threads and
 classified in batches. The threads share one `images.DecodeBudget`, so eight large images wait
@@ -15,15 +18,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
-from cifarlab import evaluation, grad_cam, models, run_folder
+from cifarlab import run_folder
 from cifarlab.config import Config
 from cifarlab.data import images
 from cifarlab.data.standard import CIFAR10_CLASSES
 from cifarlab.errors import UserError
+from cifarlab.exported import OnnxModel
+
+if TYPE_CHECKING:
+    import keras
 
 CHUNK_SIZE = 512  # Images decoded and classified together; bounds memory for big folders.
 DECODE_THREADS = 8  # Pillow releases the GIL while decoding, so threads overlap the work.
@@ -35,7 +42,7 @@ class Classifier:
     whether its run averages each image's prediction with its mirror image's and shifted
     copies' (as `modern` does in evaluation, so predictions match the reported accuracy)."""
 
-    model: keras.Model
+    model: keras.Model | OnnxModel
     class_names: tuple[str, ...]
     name: str
     run_dir: Path | None = None  # None for a model file outside a run folder.
@@ -46,10 +53,21 @@ class Classifier:
 
     @property
     def image_size(self) -> int:
+        if isinstance(self.model, OnnxModel):
+            return self.model.image_size
         return int(self.model.input_shape[1])
+
+    @property
+    def explainable(self) -> bool:
+        """Whether Grad-CAM can explain its predictions: it needs the Keras model's gradients."""
+        return not isinstance(self.model, OnnxModel)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) for uint8 images, exactly as evaluation computes."""
+        if isinstance(self.model, OnnxModel):
+            return self.model.predict(images)  # Its test-time averaging is inside the graph.
+        from cifarlab import evaluation
+
         return evaluation.predict_probabilities(
             self.model, images, self.test_time_flip, self.test_time_shift
         )
@@ -75,11 +93,15 @@ class Prediction:
 
 
 def load_classifier(source: str | Path) -> Classifier:
-    """The classifier in a run folder (its best checkpoint) or in a `.keras` file: a run's own
-    checkpoint brings the run's settings and class names, any other file only its model."""
+    """The classifier in a run folder (its best checkpoint), a `.keras` file or an ONNX export:
+    a run's own checkpoint brings the run's settings and class names, an export what it was
+    exported with, any other file only its model."""
     source = Path(source)
     if not source.exists():
         raise UserError(f"{source} does not exist; name a run folder or a .keras file.")
+    if source.suffix == ".onnx":
+        return _onnx_classifier(source)
+    from cifarlab import models
     if source.is_dir():
         run_dir, model_path = source, source / run_folder.BEST_MODEL
     else:
@@ -101,6 +123,19 @@ def load_classifier(source: str | Path) -> Classifier:
     name = run_dir.name if source.is_dir() else source.stem
     return Classifier(model, names, name, run_dir, metrics, problem, config.test_time_flip,
                       config.test_time_shift)  # fmt: skip
+
+
+def _onnx_classifier(path: Path) -> Classifier:
+    """An ONNX export with the run's class names, accuracies and verdict it carries."""
+    model = OnnxModel(path)
+    described = model.metadata
+    metrics = {split: {"accuracy": accuracy}
+               for split, accuracy in described.get("accuracy", {}).items()}  # fmt: skip
+    metrics["experiment"] = described.get("experiment")
+    if described.get("verdict") is not None:
+        metrics["diagnosis"] = {"verdict": described["verdict"]}
+    names = tuple(described["class_names"])
+    return Classifier(model, names, path.stem, metrics=metrics)
 
 
 def _not_a_model(model_path: Path, error: Exception) -> str:
@@ -146,6 +181,8 @@ def predict_with_overlays(
 def _as_classifier(model_or_run) -> Classifier:
     if isinstance(model_or_run, Classifier):
         return model_or_run
+    import keras
+
     if isinstance(model_or_run, keras.Model):
         outputs = int(model_or_run.output_shape[-1])
         return Classifier(model_or_run, class_names({}, outputs), model_or_run.name)
@@ -221,9 +258,17 @@ class _OverlaySaver:
     """Writes one Grad-CAM overlay PNG per classified image into a folder."""
 
     def __init__(self, folder: Path, classifier: Classifier):
+        from cifarlab import grad_cam
+
+        if not classifier.explainable:
+            raise UserError(
+                f"Grad-CAM needs the Keras model, which {classifier.name}'s ONNX export does not "
+                "hold; name its run folder to use --explain."
+            )
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.grad_cam = grad_cam.GradCam(classifier.model)
+        self.overlay = grad_cam.overlay
         self.used: set[str] = set()
 
     def save(self, file: str, pixels: np.ndarray, class_index: int) -> None:
@@ -233,4 +278,4 @@ class _OverlaySaver:
         while name in self.used:
             name, counter = f"{Path(file).stem}-{counter}.gradcam.png", counter + 1
         self.used.add(name)
-        grad_cam.overlay(pixels, heat_maps[0]).save(self.folder / name)
+        self.overlay(pixels, heat_maps[0]).save(self.folder / name)

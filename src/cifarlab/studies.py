@@ -68,6 +68,7 @@ def train_and_report(plan: StudyPlan, data: Dataset | None = None) -> dict[str, 
             log.info("%s: training into %s (%s).", where, run_dir, _epochs(config.epochs))
             progress.start(config, run_folder.count_history_rows(run_dir))
             training.train_and_evaluate(config, run_dir, split, quiet=plan.quiet,
+                                        tensorboard=plan.tensorboard,
                                         callbacks=[progress])  # fmt: skip
         if run_dir not in reusable or run_figures.missing(run_dir):
             run_figures.draw_all(run_dir, split, plan.projection)

@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifarlab import environment, evaluation, input_pipeline, models, run_folder
+from cifarlab import environment, evaluation, input_pipeline, models, run_folder, tracking
 from cifarlab.config import Config
 from cifarlab.data.dataset import Dataset
 from cifarlab.errors import RunError, UserError
@@ -135,6 +135,7 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
         callbacks.append(EarlyStopping(config.early_stopping_patience, rows))
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / run_folder.LOGS))
+        tracking.write_hparams(run_dir / run_folder.LOGS, config.to_dict(), run_dir.name)
     callbacks.extend(extra_callbacks)
     train = input_pipeline.training_batches(
         data.x_train, data.y_train, data.num_classes, config.batch_size,

@@ -31,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from cifarlab import grad_cam, prediction, run_folder
+from cifarlab import prediction, run_folder
 from cifarlab.data import images
 from cifarlab.errors import UserError
 from cifarlab.serve import limits
@@ -50,10 +50,11 @@ FAVICON = STATIC / "favicon.svg"  # Linked by the page and /docs, and served at 
 
 @dataclass
 class ServedRun:
-    """One run being served: its classifier, Grad-CAM, and a lock so requests take turns."""
+    """One run being served: its classifier, Grad-CAM (None for an ONNX export, which has no
+    gradients to give), and a lock so requests take turns."""
 
     classifier: prediction.Classifier
-    explainer: grad_cam.GradCam
+    explainer: object | None  # A `grad_cam.GradCam`; that module loads Keras.
     source: str = ""  # The run folder or model file as the command line named it.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,7 +72,9 @@ class PredictResponse(BaseModel):
     run: str
     predictions: list[ClassProbability]
     explained_class: str
-    heatmap_png: str  # Base64 PNG: the model's input enlarged, with the Grad-CAM map over it.
+    # Base64 PNG: the model's input enlarged, with the Grad-CAM map over it; None for an ONNX
+    # export, which Grad-CAM cannot explain.
+    heatmap_png: str | None
 
 
 class RunInfo(BaseModel):
@@ -109,10 +112,16 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, ServedRun]:
         name, counter = classifier.name, 2
         while name in runs:
             name, counter = f"{classifier.name}-{counter}", counter + 1
-        served = ServedRun(classifier, grad_cam.GradCam(classifier.model), str(run_dir))
-        # One call now, so the first user does not wait for graph tracing.
-        served.explainer(np.zeros((1, classifier.image_size, classifier.image_size, 3), np.uint8))
-        runs[name] = served
+        blank = np.zeros((1, classifier.image_size, classifier.image_size, 3), np.uint8)
+        explainer = None
+        if classifier.explainable:
+            from cifarlab import grad_cam
+
+            explainer = grad_cam.GradCam(classifier.model)
+            explainer(blank)  # One call now, so the first user does not wait for graph tracing.
+        else:
+            classifier.probabilities(blank)
+        runs[name] = ServedRun(classifier, explainer, str(run_dir))
     return runs
 
 
@@ -170,15 +179,20 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
         pixels = _decode_upload(image.file, served.classifier.image_size, budget)
         with served.lock:
             probabilities = served.classifier.probabilities(pixels[None])
-            _, heat_maps = served.explainer(pixels[None], probabilities.argmax(axis=1))
+            heatmap = None
+            if served.explainer is not None:
+                from cifarlab import grad_cam
+
+                _, heat_maps = served.explainer(pixels[None], probabilities.argmax(axis=1))
+                picture = grad_cam.png_bytes(grad_cam.overlay(pixels, heat_maps[0]))
+                heatmap = base64.b64encode(picture).decode("ascii")
         top = prediction.top_classes("upload", probabilities[0], served.classifier, top_k)
-        picture = grad_cam.overlay(pixels, heat_maps[0])
         pairs = zip(top.classes, top.probabilities, strict=True)
         return PredictResponse(
             run=run,
             predictions=[ClassProbability(class_name=c, probability=p) for c, p in pairs],
             explained_class=classes[int(probabilities[0].argmax())],
-            heatmap_png=base64.b64encode(grad_cam.png_bytes(picture)).decode("ascii"),
+            heatmap_png=heatmap,
         )
 
     @app.get("/", include_in_schema=False)

@@ -125,7 +125,9 @@ function showResult(result, file) {
   byId("result-file").textContent = file.name;
   showConfidence(best.probability, runs.find((run) => run.name === result.run));
   byId("explained-class").textContent = result.explained_class;
-  byId("heatmap").src = `data:image/png;base64,${result.heatmap_png}`;
+  // An ONNX export has no gradients for Grad-CAM: its figure is hidden rather than empty.
+  byId("heatmap-figure").hidden = result.heatmap_png === null;
+  if (result.heatmap_png !== null) byId("heatmap").src = `data:image/png;base64,${result.heatmap_png}`;
   const bars = byId("bars");
   bars.replaceChildren();
   for (const { class_name, probability } of result.predictions) {
