@@ -70,7 +70,8 @@ def configure(copy: Path, module: str, tests: list[str]) -> None:
         "source_paths": ["src"],
         "only_mutate": [f"src/cifarlab/{module}.py"],
         "pytest_add_cli_args_test_selection": tests,
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q"],
+        # Tests marked slow train on real data for a minute each: not the fast tests.
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-m", "not slow"],
         # Keras and TensorFlow are not fork-safe once they have run: each mutant forks from a
         # server that has only collected the tests.
         "process_isolation": "forkserver",

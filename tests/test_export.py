@@ -176,6 +176,7 @@ from cifarlab.serve import app
 
 onnx_file, image = sys.argv[1:]
 assert cli.main(["predict", onnx_file, image, "--json", "--top-k", "2"]) == 0
+assert cli.main(["predict", onnx_file, image, "--explain", onnx_file + ".overlays"]) == 2
 client = TestClient(app.create_app([onnx_file]))
 [run] = client.get("/api/runs").json()
 with open(image, "rb") as handle:
@@ -197,6 +198,11 @@ def test_predict_and_serve_run_an_onnx_export_without_tensorflow(trained_run, ti
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("cifarlab:")]
+    assert said == [
+        "cifarlab: Grad-CAM needs the Keras model, which baseline's ONNX export does not hold; "
+        "name its run folder to use --explain."
+    ]
     printed, served = done.stdout.strip().splitlines()[-2:]
     expected = prediction.load_classifier(trained_run).probabilities(data.x_test[:1])[0]
     best = CLASS_NAMES[int(expected.argmax())]

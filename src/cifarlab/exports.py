@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +165,9 @@ def _write_onnx(model: keras.Model, path: Path, metadata: dict) -> None:
     except ImportError as error:
         raise UserError(_missing("onnx", "onnx tf2onnx onnxruntime")) from error
     try:
-        model.export(str(path), format="onnx", verbose=False)
+        with warnings.catch_warnings():  # Keras's tf2onnx patch probes `np.object`.
+            warnings.simplefilter("ignore", FutureWarning)
+            model.export(str(path), format="onnx", verbose=False)
     except ImportError as error:
         raise UserError(_missing("onnx", "tf2onnx")) from error
     stored = onnx.load(str(path))

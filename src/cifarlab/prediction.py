@@ -258,13 +258,13 @@ class _OverlaySaver:
     """Writes one Grad-CAM overlay PNG per classified image into a folder."""
 
     def __init__(self, folder: Path, classifier: Classifier):
-        from cifarlab import grad_cam
-
         if not classifier.explainable:
             raise UserError(
                 f"Grad-CAM needs the Keras model, which {classifier.name}'s ONNX export does not "
                 "hold; name its run folder to use --explain."
             )
+        from cifarlab import grad_cam
+
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.grad_cam = grad_cam.GradCam(classifier.model)
