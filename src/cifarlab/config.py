@@ -233,6 +233,18 @@ def did_you_mean(given: str, choices) -> str:
     return f" (did you mean '{lowered[close[0]]}'?)" if close else ""
 
 
+def dotted(values: dict, prefix: str = "") -> dict[str, object]:
+    """Nested tables as one level of dotted keys: {"augmentation": {"shift": 0.1}} becomes
+    {"augmentation.shift": 0.1}, as TOML files and `override` write settings."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def override(config: Config, **overrides: object) -> Config:
     """`config` with the named settings replaced; values may be strings, parsed to the setting's
     type. Nested settings are named with a dot: `augmentation.rotation_degrees`.

@@ -110,23 +110,12 @@ def _resolve(path: Path, name: str, declared: dict, resolved: dict, chain: tuple
             raise UserError(f"{where}: '{key}' cannot be set here; it comes from the table name "
                             "and --seed.")  # fmt: skip
     try:
-        config = configs.override(base, **_flatten(overrides))
+        config = configs.override(base, **configs.dotted(overrides))
     except UserError as error:
         reason = _lower_first(str(error).removeprefix("The setting "))
         raise UserError(f"{where}: {reason}") from error
     resolved[name] = replace(config, name=name, base=base.name if base.name != name else base.base)
     return resolved[name]
-
-
-def _flatten(overrides: dict, prefix: str = "") -> dict:
-    """TOML's nested tables (`augmentation.shift = 0.1`) as dotted keys."""
-    flat = {}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _lower_first(text: str) -> str:

@@ -22,23 +22,13 @@ import warnings
 from pathlib import Path
 
 from cifarlab import run_folder
+from cifarlab.config import dotted
 
 DEFAULT_STORE = "mlflow.db"  # In the folder the command runs in, as `mlflow ui` looks.
 EXPERIMENT = "cifarlab"
 KEY_TAG = "cifarlab.record"  # What a recorded run was recorded from: config + metrics digest.
 FOLDER_TAG = "cifarlab.run_folder"
 FILES = (run_folder.CONFIG, run_folder.METRICS, run_folder.HISTORY, run_folder.DATA)
-
-
-def flat_settings(config_dict: dict, prefix: str = "") -> dict[str, object]:
-    """A run's config as one level of settings ("augmentation.rotation_degrees": 10)."""
-    flat: dict[str, object] = {}
-    for key, value in config_dict.items():
-        if isinstance(value, dict):
-            flat.update(flat_settings(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def log_runs(run_dirs: list[Path], experiment: str = EXPERIMENT) -> list[str]:
@@ -103,7 +93,7 @@ def _log_run(client, experiment_id: str, run_dir: Path) -> str:
         tags["verdict"] = str(verdict)
     run = client.create_run(experiment_id, tags=tags)
     run_id = run.info.run_id
-    params = [Param(name, str(value)) for name, value in flat_settings(config.to_dict()).items()]
+    params = [Param(name, str(value)) for name, value in dotted(config.to_dict()).items()]
     values = [
         Metric(name, float(value), 0, int(row["epoch"]) + 1)  # Epochs counted from 1.
         for row in run_folder.read_history(run_dir)
@@ -143,6 +133,6 @@ def write_hparams(logs: Path, config_dict: dict, trial: str) -> None:
     from tensorboard.plugins.hparams import api as hparams
 
     values = {name: value if isinstance(value, bool | int | float | str) else str(value)
-              for name, value in flat_settings(config_dict).items()}  # fmt: skip
+              for name, value in dotted(config_dict).items()}  # fmt: skip
     with tf.summary.create_file_writer(str(logs)).as_default():
         hparams.hparams(values, trial_id=trial)
