@@ -370,3 +370,20 @@ def test_a_diverging_run_stops_naming_its_loss_and_keeps_its_checkpoint(tiny_arc
                             "in best.keras. Try a lower --learning-rate.")  # fmt: skip
     assert len(run_folder.read_history(run)) == 1 and (run / run_folder.BEST_MODEL).is_file()
     assert not run_folder.is_finished(run)
+
+
+def test_a_run_with_patience_stops_where_keras_rule_says_and_resumes_counting(tiny_archive,
+                                                                             tmp_path):  # fmt: skip
+    # Patience 1 over 4 epochs: the run ends at the first epoch whose validation loss is not a
+    # new lowest, or after all four; interrupted after epoch 1, it counts that epoch on resume.
+    patient = configs.override(SHORT, epochs=4, early_stopping_patience=1, learning_rate=3e-2)
+    data = dataset.load_for(patient, tiny_archive)
+    run = tmp_path / "run"
+    with pytest.raises(_InterruptedError):
+        training.train_and_evaluate(patient, run, data, quiet=True,
+                                    callbacks=[_InterruptAfterFirstEpoch()])  # fmt: skip
+    metrics = training.train_and_evaluate(patient, run, data, quiet=True)
+    losses = [row["val_loss"] for row in run_folder.read_history(run)]
+    improved = [loss < min(losses[:index], default=math.inf) for index, loss in enumerate(losses)]
+    expected = improved.index(False) + 1 if False in improved else patient.epochs
+    assert len(losses) == expected == metrics["epochs_run"]
