@@ -235,7 +235,7 @@ def killed_run(tiny_archive, tmp_path_factory) -> Path:
     )
     try:
         deadline = time.monotonic() + 300
-        while not (out / BACKUP_METADATA).is_file():
+        while not _backed_up(out):
             assert process.poll() is None, "the run ended before its first backup"
             assert time.monotonic() < deadline, "the first epoch never finished"
             time.sleep(0.01)
@@ -244,6 +244,15 @@ def killed_run(tiny_archive, tmp_path_factory) -> Path:
         process.wait()
     assert (out / BACKUP_METADATA).is_file(), "the run finished training before the kill"
     return out
+
+
+def _backed_up(out: Path) -> bool:
+    """Whether Keras has written a whole backup: it writes the weights, then the metadata, and
+    the metadata file exists (empty) a moment before its epoch number is in it."""
+    try:
+        return "epoch" in json.loads((out / BACKUP_METADATA).read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def copy_of(killed_run: Path, tmp_path: Path) -> tuple[Path, int, list[str]]:
