@@ -97,7 +97,6 @@ def export(classifier: prediction.Classifier, images: np.ndarray, format: str,
 def describe(classifier: prediction.Classifier) -> dict:
     """What a program needs to use the export: its input, outputs and origin."""
     size = classifier.image_size
-    diagnosis = classifier.metrics.get("diagnosis")
     return {
         "source": str(classifier.run_dir or classifier.name),
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [None, size, size, 3],
@@ -107,11 +106,8 @@ def describe(classifier: prediction.Classifier) -> dict:
         "test_time_flip": classifier.test_time_flip,
         "test_time_shift": classifier.test_time_shift,
         "experiment": classifier.metrics.get("experiment"),
-        "accuracy": {split: float(classifier.metrics[split]["accuracy"])
-                     for split in ("train", "val", "test")
-                     if isinstance(classifier.metrics.get(split), dict)
-                     and "accuracy" in classifier.metrics[split]},
-        "verdict": diagnosis.get("verdict") if isinstance(diagnosis, dict) else None,
+        "accuracy": classifier.accuracy,
+        "verdict": classifier.verdict,
     }  # fmt: skip
 
 

@@ -58,6 +58,22 @@ class Classifier:
         return int(self.model.input_shape[1])
 
     @property
+    def accuracy(self) -> dict[str, float]:
+        """Accuracy per split ("train", "val", "test") where the run's metrics have it."""
+        return {
+            split: float(self.metrics[split]["accuracy"])
+            for split in ("train", "val", "test")
+            if isinstance(self.metrics.get(split), dict) and "accuracy" in self.metrics[split]
+        }
+
+    @property
+    def verdict(self) -> str | None:
+        """The run's diagnosis, where it was diagnosed."""
+        diagnosis = self.metrics.get("diagnosis")
+        verdict = diagnosis.get("verdict") if isinstance(diagnosis, dict) else None
+        return str(verdict) if verdict is not None else None
+
+    @property
     def explainable(self) -> bool:
         """Whether Grad-CAM can explain its predictions: it needs the Keras model's gradients."""
         return not isinstance(self.model, OnnxModel)

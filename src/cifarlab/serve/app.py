@@ -210,22 +210,14 @@ def create_app(run_dirs: list[str | Path]) -> FastAPI:
 
 def run_info(name: str, served: ServedRun) -> RunInfo:
     classifier = served.classifier
-    metrics = classifier.metrics
-    accuracy = {
-        split: float(metrics[split]["accuracy"])
-        for split in ("train", "val", "test")
-        if isinstance(metrics.get(split), dict) and "accuracy" in metrics[split]
-    }
-    diagnosis = metrics.get("diagnosis")
-    verdict = diagnosis.get("verdict") if isinstance(diagnosis, dict) else None
     problem = classifier.metrics_problem
     return RunInfo(
         name=name,
-        experiment=metrics.get("experiment"),
+        experiment=classifier.metrics.get("experiment"),
         class_names=list(classifier.class_names),
         image_size=classifier.image_size,
-        accuracy=accuracy,
-        verdict=str(verdict) if verdict is not None else None,
+        accuracy=classifier.accuracy,
+        verdict=classifier.verdict,
         curves_url=_curves_url(name) if _curves(served) else None,
         damaged=f"its {run_folder.METRICS} {problem}" if problem is not None else None,
         source=served.source,
