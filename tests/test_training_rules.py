@@ -59,7 +59,7 @@ def _backup_pair(folder, epoch: int, suffix: str = "") -> None:
     (PATIENT, [1.0, 0.9, 0.95, 0.89], False),  # A new lowest loss in the window.
 ])  # fmt: skip
 def test_training_is_over_when_every_epoch_ran_or_the_patience_ran_out(config, val_losses, done):
-    assert training._done(_rows(val_losses), config) is done
+    assert training.training_over(_rows(val_losses), config) is done
 
 
 # Where a resume starts.

@@ -144,8 +144,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="Adam step size (default: 1e-3; batchnorm 1e-2)")  # fmt: skip
 
 
-def add_ray_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ray-address", metavar="HOST:PORT",
+def add_ray_options(parser: argparse.ArgumentParser, *aliases: str) -> None:
+    parser.add_argument("--ray-address", *aliases, dest="ray_address", metavar="HOST:PORT",
                         help="a running Ray cluster (default: start a local one)")  # fmt: skip
     parser.add_argument("--workers", type=positive_int,
                         help="runs at once (default: as many as CPUs and GPUs fit)")  # fmt: skip
@@ -160,7 +160,7 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
 def add_tracking_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--track", choices=("mlflow",),
                         help="also record the finished runs in MLflow ($MLFLOW_TRACKING_URI, "
-                        "else ./mlruns); a tracking failure is a warning, never an error")
+                        "else mlflow.db here); a tracking failure is a warning, never an error")
 
 
 def _command(commands, name: str, summary: str, command: str | None = None):
@@ -231,6 +231,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(sweep)
     add_ray_options(sweep)
     add_tracking_option(sweep)
+
+    searching = _command(commands, "search", "search settings on Ray Tune: Optuna proposes, "
+                         "ASHA stops the trials that lag", "search")  # fmt: skip
+    searching.add_argument("space", type=Path, metavar="SPACE.toml",
+                           help="the search space: base = EXPERIMENT, fixed settings, and "
+                           "settings = {loguniform|uniform|randint|choice = [...]}")  # fmt: skip
+    searching.add_argument("--experiments", type=Path, metavar="FILE",
+                           help=EXPERIMENTS_FILE_HELP)  # fmt: skip
+    searching.add_argument("--model", metavar="MODULE:FUNCTION", help=MODEL_HELP)
+    searching.add_argument("--trials", type=positive_int, default=10, help="trials to run")
+    searching.add_argument("--out", type=Path, default=Path("runs/search"),
+                           help="search folder: its trials, Tune's state and the report")
+    searching.add_argument("--tensorboard", action="store_true",
+                           help="also write TensorBoard logs, with each trial's HParams, into "
+                           "each trial's folder")  # fmt: skip
+    add_data_options(searching)
+    add_training_options(searching)
+    add_ray_options(searching, "--address")
+    add_tracking_option(searching)
 
     data = _command(commands, "data", "inspect a dataset")
     data_commands = data.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)

@@ -8,6 +8,7 @@
     cifarlab predict runs/baseline photo.jpg photos/ --top-k 3
     cifarlab serve runs/baseline runs/batchnorm --port 8000
     cifarlab sweep baseline --grid learning_rate=1e-3,3e-3 --repeats 3 --data cifar-10-python.tar.gz
+    cifarlab search space.toml --data cifar-10-python.tar.gz --trials 20 --out runs/search
     cifarlab train baseline --data my_photos/ --image-size 64
 
 Errors reach the user as one sentence: exit code 2 for bad input, 1 for failures. Input that
@@ -135,6 +136,32 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"Sweep folder: {result.folder}")
     done = [*result.outcome.skipped, *result.outcome.finished]
     _track(args, done, f"sweep {result.folder.resolve()}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from cifarlab.scale import space as spaces
+
+    overrides = _training_overrides(args)
+    space = spaces.load_space(args.space, args.experiments, **overrides)
+    preflight.check_data(args)
+    preflight.check_output_folder(args.out)
+    preflight.quiet_tensorflow(args.verbose)
+    try:
+        from cifarlab.scale import search
+    except ModuleNotFoundError as error:
+        raise UserError("cifarlab search needs Ray Tune and Optuna; install them with: "
+                        "pip install 'cifarlab[tune]'.") from error  # fmt: skip
+    from cifarlab import builders
+
+    space = replace(space, base=builders.record_builder(space.base))
+    result = search.search(space, args.data, args.trials, args.out, ray_options(args),
+                           not args.quiet, args.tensorboard)  # fmt: skip
+    print(result.text)
+    print(f"Search folder: {result.folder}")
+    _track(args, result.trial_folders, f"search {result.folder}")
     return 0
 
 
@@ -290,6 +317,7 @@ def _configure_output(quiet: bool) -> None:
 
 COMMANDS = {
     "train": _train, "evaluate": _evaluate, "export": _export, "sweep": _sweep,
+    "search": _search,
     "data info": _data_info, "study": _study, "report": _report, "predict": _predict,
     "serve": _serve,
     "experiments": _experiments, "experiments show": _experiments_show,

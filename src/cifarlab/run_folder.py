@@ -16,6 +16,9 @@ everything else asks this module.
         evaluation.json               `cifarlab evaluate`'s scores, beside the run's own
         curves.png ...                the run's figures
     runs/                             a study folder: results.csv/json, report.html/md, ...
+    runs/search/                      a search folder: search.json (its space, trials and
+                                      data), trials/<id>/ run folders, tune/ (Ray Tune's
+                                      state), search.csv/png/txt (its report)
 
 A run is finished when `metrics.json` reads as JSON. A run folder is reused or resumed only
 for exactly the config and the data stored in it; any other is refused with a sentence naming
@@ -91,6 +94,15 @@ COMPARE_ACCURACY = "compare_accuracy.png"
 SWEEP_CSV = "sweep.csv"
 SWEEP_PNG = "sweep.png"
 SWEEP_TXT = "sweep.txt"
+
+# A search folder: its record (space, trials, data), its trials' run folders, Ray Tune's own
+# experiment state, and its report.
+SEARCH_RECORD = "search.json"
+SEARCH_TRIALS = "trials"
+SEARCH_TUNE = "tune"
+SEARCH_CSV = "search.csv"
+SEARCH_PNG = "search.png"
+SEARCH_TXT = "search.txt"
 
 
 # Reading: a garbled file is reported in one sentence or counts as unfinished, never a traceback.
@@ -364,6 +376,22 @@ def exclusive(run_dir: str | Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def wait_for_writer(run_dir: str | Path, seconds: float) -> None:
+    """Wait until no process holds `run_dir`'s lock, at most `seconds`: a killed search's trial
+    that Ray has not reaped yet lets go within seconds. A lock still held after that is for
+    `exclusive` to refuse."""
+    from filelock import FileLock, Timeout
+
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return
+    try:
+        with FileLock(path, timeout=seconds):
+            pass
+    except Timeout:
+        pass
 
 
 def experiment_folder(run_dir: Path) -> Path:

@@ -32,8 +32,9 @@ FILES = (run_folder.CONFIG, run_folder.METRICS, run_folder.HISTORY, run_folder.D
 
 
 def log_runs(run_dirs: list[Path], experiment: str = EXPERIMENT) -> list[str]:
-    """Record each finished run folder in MLflow; the MLflow run ids (new or already there).
-    A failure is one warning and ends the recording, never the command."""
+    """Record each run folder (finished, or a search's trained trial) in MLflow; the MLflow run
+    ids (new or already there). A failure is one warning and ends the recording, never the
+    command."""
     try:
         import mlflow
     except ImportError:
@@ -69,10 +70,12 @@ def _experiment_id(client, name: str) -> str:
 
 
 def _record_key(run_dir: Path) -> str:
-    """What identifies one recording: the run's folder, config and metrics as written."""
+    """What identifies one recording: the run's folder, config, history and metrics as written
+    (a search's trials have no metrics: only its best is scored)."""
     digest = hashlib.sha256(str(run_dir.resolve()).encode())
-    for name in (run_folder.CONFIG, run_folder.METRICS):
-        digest.update((run_dir / name).read_bytes())
+    for name in (run_folder.CONFIG, run_folder.HISTORY, run_folder.METRICS):
+        if (run_dir / name).is_file():
+            digest.update((run_dir / name).read_bytes())
     return digest.hexdigest()
 
 
@@ -84,7 +87,7 @@ def _log_run(client, experiment_id: str, run_dir: Path) -> str:
     if existing:
         return existing[0].info.run_id
     config = run_folder.read_config(run_dir)
-    metrics = run_folder.read_metrics(run_dir)
+    metrics = run_folder.read_metrics(run_dir) if run_folder.is_finished(run_dir) else {}
     diagnosis = metrics.get("diagnosis")
     verdict = diagnosis.get("verdict") if isinstance(diagnosis, dict) else None
     tags = {KEY_TAG: key, FOLDER_TAG: str(run_dir.resolve()), "experiment": config.name,

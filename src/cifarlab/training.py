@@ -58,42 +58,65 @@ def train_and_evaluate(
     """
     run_dir = Path(run_dir)
     with run_folder.exclusive(run_dir):
-        # A run from before data was recorded keeps no record rather than a guessed one.
-        record_data = prepare_folder(config, run_dir, data, overwrite)
-        keras.utils.set_random_seed(config.seed)
-        precision, reason = environment.choose_precision(config.precision)
-        model = models.build_model(config, data.num_classes, environment.dtype_policy(precision))
-        models.adapt(model, input_pipeline.scale(data.x_train[: models.ADAPT_SAMPLE]))
-        steps = input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
-        models.compile_model(model, config, steps, steps_per_execution())
-        run_folder.write_json(run_dir / run_folder.CONFIG, config.to_dict())
-        if record_data:
-            run_folder.write_json(run_dir / run_folder.DATA, data.record())
-        run_folder.write_json(
-            run_dir / run_folder.ENVIRONMENT,
-            {**environment.record(precision, reason), "data": data.source},
-        )
-        run_folder.write_text(run_dir / run_folder.MODEL_SUMMARY, models.summary(model))
-        initial_epoch = _resume_epoch(run_dir, config)
-        if 0 < initial_epoch < config.epochs:
-            log.info("%s: resuming at epoch %d of %d.", config.name, initial_epoch + 1,
-                     config.epochs)  # fmt: skip
-        rows = run_folder.read_history(run_dir, initial_epoch)
-        if len(rows) < initial_epoch:
-            raise UserError(
-                f"{run_dir / run_folder.HISTORY} is damaged (it records {len(rows)} epochs but "
-                f"the backup {initial_epoch}); remove the run."
-            )
-        run_folder.write_history(run_dir, rows)
-        if not _done(rows, config):
-            diverged = _fit(model, config, data, run_dir, rows, quiet, tensorboard, callbacks)
-            if diverged is not None:
-                raise RunError(
-                    f"Training diverged in {run_dir} (loss {diverged:.4g}; a uniform guess's "
-                    f"is {math.log(max(2, data.num_classes)):.2f}); the best checkpoint so far "
-                    f"is kept in {run_folder.BEST_MODEL}. Try a lower --learning-rate."
-                )
+        _train(config, run_dir, data, overwrite, quiet, tensorboard, callbacks)
         return evaluation.evaluate_run(run_dir, data)
+
+
+def train_only(
+    config: Config,
+    run_dir: str | Path,
+    data: Dataset,
+    quiet: bool = False,
+    tensorboard: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> list[dict]:
+    """`train_and_evaluate` without the evaluation: the run's history rows once training is
+    over. The run is not finished (it has no metrics) until `evaluation.evaluate_run` scores
+    it, which is how a search trains its trials and then scores only its best on the test set;
+    calling this again resumes an interrupted run, or returns at once when training is over."""
+    run_dir = Path(run_dir)
+    with run_folder.exclusive(run_dir):
+        _train(config, run_dir, data, False, quiet, tensorboard, callbacks)
+        return run_folder.read_history(run_dir)
+
+
+def _train(config, run_dir, data, overwrite, quiet, tensorboard, callbacks) -> None:
+    """Prepare the folder and its records, then fit whatever epochs are left."""
+    # A run from before data was recorded keeps no record rather than a guessed one.
+    record_data = prepare_folder(config, run_dir, data, overwrite)
+    keras.utils.set_random_seed(config.seed)
+    precision, reason = environment.choose_precision(config.precision)
+    model = models.build_model(config, data.num_classes, environment.dtype_policy(precision))
+    models.adapt(model, input_pipeline.scale(data.x_train[: models.ADAPT_SAMPLE]))
+    steps = input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
+    models.compile_model(model, config, steps, steps_per_execution())
+    run_folder.write_json(run_dir / run_folder.CONFIG, config.to_dict())
+    if record_data:
+        run_folder.write_json(run_dir / run_folder.DATA, data.record())
+    run_folder.write_json(
+        run_dir / run_folder.ENVIRONMENT,
+        {**environment.record(precision, reason), "data": data.source},
+    )
+    run_folder.write_text(run_dir / run_folder.MODEL_SUMMARY, models.summary(model))
+    initial_epoch = _resume_epoch(run_dir, config)
+    if 0 < initial_epoch < config.epochs:
+        log.info("%s: resuming at epoch %d of %d.", config.name, initial_epoch + 1,
+                 config.epochs)  # fmt: skip
+    rows = run_folder.read_history(run_dir, initial_epoch)
+    if len(rows) < initial_epoch:
+        raise UserError(
+            f"{run_dir / run_folder.HISTORY} is damaged (it records {len(rows)} epochs but "
+            f"the backup {initial_epoch}); remove the run."
+        )
+    run_folder.write_history(run_dir, rows)
+    if not training_over(rows, config):
+        diverged = _fit(model, config, data, run_dir, rows, quiet, tensorboard, callbacks)
+        if diverged is not None:
+            raise RunError(
+                f"Training diverged in {run_dir} (loss {diverged:.4g}; a uniform guess's "
+                f"is {math.log(max(2, data.num_classes)):.2f}); the best checkpoint so far "
+                f"is kept in {run_folder.BEST_MODEL}. Try a lower --learning-rate."
+            )
 
 
 def steps_per_execution() -> int:
@@ -176,11 +199,11 @@ def _resume_epoch(run_dir: Path, config: Config) -> int:
         if run_folder.count_history_rows(run_dir) > 1:
             raise
         return 0
-    trained = _done(rows, config) and (run_dir / run_folder.BEST_MODEL).is_file()
+    trained = training_over(rows, config) and (run_dir / run_folder.BEST_MODEL).is_file()
     return len(rows) if trained else 0
 
 
-def _done(rows: list[dict], config: Config) -> bool:
+def training_over(rows: list[dict], config: Config) -> bool:
     """True if training is over after the epochs in `rows`: all of them were run, or early
     stopping ended it (`patience` epochs without a new lowest validation loss)."""
     patience = config.early_stopping_patience

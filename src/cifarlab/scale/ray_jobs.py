@@ -121,14 +121,17 @@ def _check_data(finished: list[Job], data_path: str | Path | None) -> None:
 
 
 @contextmanager
-def ray_session(options: RayOptions) -> Iterator[None]:
-    """Reuse an initialised Ray, else connect to `options.address` or start a local one."""
+def ray_session(options: RayOptions, environment: dict[str, str] | None = None) -> Iterator[None]:
+    """Reuse an initialised Ray, else connect to `options.address` or start a local one, whose
+    workers get `environment` (a reused Ray keeps its own)."""
     import ray
 
     if ray.is_initialized():
         yield
         return
     settings = {"include_dashboard": False, "log_to_driver": False}
+    if environment:
+        settings["runtime_env"] = {"env_vars": environment}
     try:
         if options.address:
             ray.init(address=options.address, **settings)
@@ -217,7 +220,7 @@ def _record(reference, job: Job, outcome: Outcome, bar: tqdm) -> None:
     try:
         result = ray.get(reference)
     except ray.exceptions.RayError as error:
-        result = {"error": _reason(error)}
+        result = {"error": failure_reason(error)}
     if "error" in result:
         outcome.failed[job.out_dir] = result["error"]
         bar.write(f"failed  {job.out_dir}: {result['error']}")
@@ -231,7 +234,7 @@ def _record(reference, job: Job, outcome: Outcome, bar: tqdm) -> None:
     bar.update()
 
 
-def _reason(error: Exception) -> str:
+def failure_reason(error: Exception) -> str:
     """One line saying why a task failed after its retries."""
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):

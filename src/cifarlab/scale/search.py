@@ -1,0 +1,457 @@
+"""Search settings on Ray Tune: Optuna proposes each trial, ASHA stops the trials that lag.
+
+    cifarlab search space.toml --data cifar-10-python.tar.gz --trials 20 --out runs/search
+
+The search folder (its file names are `run_folder`'s, `SEARCH_*`) holds the search's record
+(the space, the number of trials, the scheduler and the data: a rerun with any other is
+refused, never mixed in); `trials/<trial id>/`, each trial an ordinary run folder (config, data
+record, lock, history, checkpoint, backup), trained but not evaluated; `tune/`, Ray Tune's
+experiment state; and the report as a table, a figure and text: every trial's settings, epochs
+and validation accuracy, the accuracy against each setting, the compute ASHA saved, and the
+best trial's test accuracy.
+
+Each trial reports, after every epoch, the validation accuracy of its checkpoint so far (the
+epoch of lowest validation loss, the notebook's rule); ASHA compares trials on it at epochs
+1, 3, 9, ... and stops those below the top third there. The test set is scored once, for the
+best trial, when the search ends. When the base experiment's own settings lie in the space they
+are the first trial, so the report says what the search gained over them.
+
+Interrupted (Ctrl-C, kill -9), the same command resumes from Tune's saved state: finished and
+stopped trials are not trained again, and a trial that was running continues from its run
+folder's last finished epoch. Tune saves the searcher's state but not the scheduler's, so the
+scheduler is given back every recorded epoch of every trial as Tune restores it (`_Asha`). A
+trial that fails (a diverged run, bad input) is reported, and retried by the next run of the
+same command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from cifarlab import run_folder
+from cifarlab.data import dataset
+from cifarlab.data.dataset import Dataset
+from cifarlab.errors import RunError, UserError
+from cifarlab.plans import RayOptions
+from cifarlab.scale import ray_jobs
+from cifarlab.scale.space import SearchSpace
+
+log = logging.getLogger(__name__)
+METRIC = "val_accuracy"  # Of the trial's checkpoint so far; higher is better.
+GRACE_EPOCHS = 1  # The first epoch at which ASHA may stop a trial.
+REDUCTION_FACTOR = 3  # ASHA keeps the top third at each of its rungs.
+# A trial whose process a killed search left behind holds its folder for a few more seconds.
+LOCK_WAIT_S = 60
+# Tune's state saved every second; its older console output, which verbose=0 silences.
+_TUNE_ENVIRONMENT = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial as the search ended it."""
+
+    number: int  # 1, 2, ... in the order Tune created them.
+    trial_id: str
+    settings: dict
+    epochs: int  # Epochs trained.
+    val_accuracy: float | None  # Its checkpoint's, after those epochs.
+    status: str  # "complete", "stopped early" or "failed: <why>".
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={_shown(value)}" for key, value in self.settings.items())
+
+
+@dataclass(frozen=True)
+class Result:
+    trials: list[Trial]
+    best: Trial | None  # Highest validation accuracy.
+    test_accuracy: float | None  # The best trial's, scored once.
+    epochs_run: int
+    epochs_budget: int  # Trials × epochs: what the search would have cost without ASHA.
+    folder: Path
+    text: str  # The summary, also written beside the table.
+
+    @property
+    def trial_folders(self) -> list[Path]:
+        trials = self.folder / run_folder.SEARCH_TRIALS
+        return [trials / trial.trial_id for trial in self.trials if trial.epochs]
+
+
+def search(
+    space: SearchSpace,
+    data_path: str | Path | None,
+    trials: int,
+    out: str | Path,
+    options: RayOptions | None = None,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> Result:
+    """Run `trials` trials of `space` on `data_path` into the search folder `out` (or resume
+    the search there), score the best on the test set, and write the report."""
+    if trials < 1:
+        raise UserError(f"--trials must be a positive whole number, not {trials}.")
+    options = options or RayOptions()
+    out = Path(out).resolve()
+    data = dataset.load_for(space.base, data_path, quiet=not progress)
+    _claim(out, {"space": space.record(), "trials": trials, "scheduler": _scheduler_record(),
+                 "data": data.record()})  # fmt: skip
+    with ray_jobs.ray_session(options, ray_jobs.worker_environment(options)), _quiet_tune():
+        grid = _tuner(space, data, trials, out, options, tensorboard).fit()
+    if any(result.error is None and not result.metrics.get("done") for result in grid):
+        raise KeyboardInterrupt  # Tune stopped on Ctrl-C and saved its state.
+    found = [_trial(number, result, space, out) for number, result in enumerate(grid, 1)]
+    scored = [trial for trial in found if trial.val_accuracy is not None]
+    best = max(scored, key=lambda trial: trial.val_accuracy, default=None)
+    test_accuracy = _test_accuracy(out / run_folder.SEARCH_TRIALS / best.trial_id, data) if (
+        best is not None) else None  # fmt: skip
+    result = _report(space, found, best, test_accuracy, out)
+    failed = [trial for trial in found if trial.status.startswith("failed")]
+    if failed:
+        raise RunError(
+            f"{len(failed)} of {len(found)} trials failed (trial {failed[0].number}: "
+            f"{failed[0].status.removeprefix('failed: ')}); the others are reported in "
+            f"{out / run_folder.SEARCH_TXT}. Rerun the same command to retry the failed ones."
+        )
+    return result
+
+
+def _claim(out: Path, record: dict) -> None:
+    """Make `out` this search's folder, or refuse it if it holds another search."""
+    path = out / run_folder.SEARCH_RECORD
+    record = json.loads(json.dumps(record))  # As it reads back: tuples become lists.
+    if path.is_file():
+        try:
+            stored = run_folder.read_json(path)
+        except UserError as error:
+            raise UserError(f"{path} is damaged; choose another --out.") from error
+        differing = [key for key in record if stored.get(key) != record[key]]
+        if differing:
+            raise UserError(
+                f"{out} holds a search of another {' and '.join(differing)}; choose another "
+                "--out, or rerun the search it holds."
+            )
+    elif out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty and holds no search; choose another --out.")
+    else:
+        run_folder.write_json(path, record)
+
+
+def _scheduler_record() -> dict:
+    return {"scheduler": "asha", "metric": METRIC, "grace_epochs": GRACE_EPOCHS,
+            "reduction_factor": REDUCTION_FACTOR, "searcher": "optuna"}  # fmt: skip
+
+
+def _tuner(space, data, trials: int, out: Path, options: RayOptions, tensorboard: bool):
+    """A new Tuner, or the interrupted one restored from `out`'s Tune state."""
+    trainable = tune.with_resources(
+        tune.with_parameters(_train_trial, space=space, data=data,
+                             trials=str(out / run_folder.SEARCH_TRIALS), tensorboard=tensorboard),
+        {"cpu": options.cpus_per_run, "gpu": options.gpus_per_run},
+    )  # fmt: skip
+    state = out / run_folder.SEARCH_TUNE
+    if tune.Tuner.can_restore(state):
+        return tune.Tuner.restore(str(state), trainable, resume_errored=True,
+                                  param_space=space.param_space())  # fmt: skip
+    base_point = space.base_point()
+    searcher = OptunaSearch(
+        points_to_evaluate=[base_point] if base_point else None, seed=space.base.seed
+    )
+    scheduler = _Asha(
+        trials=out / run_folder.SEARCH_TRIALS, time_attr="epoch", max_t=space.base.epochs,
+        grace_period=min(GRACE_EPOCHS, space.base.epochs), reduction_factor=REDUCTION_FACTOR,
+    )  # fmt: skip
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            num_samples=trials,
+            search_alg=searcher,
+            scheduler=scheduler,
+            max_concurrent_trials=options.workers,
+            # A new process per trial: a trial ASHA stops ends with its process.
+            reuse_actors=False,
+        ),  # fmt: skip
+        run_config=tune.RunConfig(
+            name=run_folder.SEARCH_TUNE,
+            storage_path=str(out),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[_Progress()],
+        ),
+    )
+
+
+class _Progress(tune.Callback):
+    """One line per trial as it ends, on the cifarlab logger (which `--quiet` silences)."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result
+        if METRIC in result:
+            log.info("trial %s ended after %s: val accuracy %.2f%%", trial.trial_id,
+                     _epochs(result["epoch"]), 100 * result[METRIC])  # fmt: skip
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        log.info("trial %s failed; the report says why.", trial.trial_id)
+
+
+class _Asha(ASHAScheduler):
+    """ASHA whose rungs survive a restart: each trial Tune adds back is replayed into its
+    bracket from the epochs its run folder recorded (Tune restores the searcher's state, not
+    the scheduler's). A new trial has no folder yet and is added as ASHA adds it."""
+
+    def __init__(self, trials: Path, **settings):
+        super().__init__(**settings)
+        self._trials = Path(trials)
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        rows = _recorded_rows(self._trials / trial.trial_id)
+        bracket = self._trial_info[trial.trial_id]  # ASHA's own map of trials to brackets.
+        for count in range(1, len(rows) + 1):
+            bracket.on_result(trial, count, self._metric_op * progress(rows[:count])[METRIC])
+
+
+def _recorded_rows(run_dir: Path) -> list[dict]:
+    """The epochs a trial's folder records; none where a kill tore its history (its resume
+    repairs that)."""
+    if not (run_dir / run_folder.HISTORY).is_file():
+        return []
+    try:
+        return run_folder.read_history(run_dir)
+    except UserError:
+        return []
+
+
+def progress(rows: list[dict]) -> dict:
+    """What a trial reports after `rows`: epochs so far, and its checkpoint's validation
+    accuracy and loss (the epoch of lowest validation loss)."""
+    best = min(rows, key=lambda row: row["val_loss"])
+    return {"epoch": len(rows), METRIC: best["val_accuracy"], "val_loss": best["val_loss"]}
+
+
+def _train_trial(sampled: dict, space: SearchSpace, data: Dataset, trials: str,
+                 tensorboard: bool) -> None:  # fmt: skip
+    """One trial, in its own Ray process: train its run folder, reporting every epoch."""
+    import keras
+
+    from cifarlab import training
+
+    run_dir = Path(trials) / tune.get_context().get_trial_id()
+    config = space.config(sampled)
+    run_folder.wait_for_writer(run_dir, LOCK_WAIT_S)
+    reported = []
+
+    def report(rows: list[dict]) -> None:
+        reported.append(len(rows))
+        tune.report(progress(rows))
+
+    def replay(logs=None) -> None:  # The epochs a resumed trial had already trained.
+        rows = run_folder.read_history(run_dir)
+        for count in range(1, len(rows) + 1):
+            report(rows[:count])
+
+    each_epoch = keras.callbacks.LambdaCallback(
+        on_train_begin=replay,
+        on_epoch_end=lambda epoch, logs=None: report(run_folder.read_history(run_dir)),
+    )
+    if run_folder.is_finished(run_dir):  # The best trial of a search whose end was cut short.
+        run_folder.check_same_run(run_dir, config, data.record())
+    else:
+        training.train_only(config, run_dir, data, quiet=True, tensorboard=tensorboard,
+                            callbacks=[each_epoch])  # fmt: skip
+    if not reported:  # Training was over already: tell Tune what it recorded.
+        replay()
+
+
+def _trial(number: int, result, space: SearchSpace, out: Path) -> Trial:
+    trial_id = result.metrics["trial_id"]
+    settings = space.settings(result.config)
+    rows = _recorded_rows(out / run_folder.SEARCH_TRIALS / trial_id)
+    accuracy = progress(rows)[METRIC] if rows else None
+    if result.error is not None:
+        status = f"failed: {ray_jobs.failure_reason(result.error)}"
+    else:
+        from cifarlab import training
+
+        over = rows and training.training_over(rows, space.config(result.config))
+        status = "complete" if over else "stopped early"
+    return Trial(number, trial_id, settings, len(rows), accuracy, status)
+
+
+def _test_accuracy(run_dir: Path, data: Dataset) -> float:
+    """The best trial's test accuracy: evaluated now, once, which finishes its run folder."""
+    from cifarlab import evaluation
+
+    with run_folder.exclusive(run_dir):
+        if not run_folder.is_finished(run_dir):
+            evaluation.evaluate_run(run_dir, data)
+        return run_folder.read_metrics(run_dir)["test"]["accuracy"]
+
+
+def _report(space, found: list[Trial], best, test_accuracy, out: Path) -> Result:
+    epochs_run = sum(trial.epochs for trial in found)
+    budget = len(found) * space.base.epochs
+    rows = [
+        {"trial": trial.number, "trial_id": trial.trial_id, **trial.settings,
+         "epochs": trial.epochs, "val_accuracy": trial.val_accuracy, "status": trial.status}
+        for trial in found
+    ]  # fmt: skip
+    columns = ["trial", "trial_id", *space.keys, "epochs", "val_accuracy", "status"]
+    run_folder.write_csv(out / run_folder.SEARCH_CSV, rows, columns)
+    plot(out / run_folder.SEARCH_PNG, space, found, best)
+    text = summarise(space, found, best, test_accuracy, epochs_run, budget)
+    run_folder.write_text(out / run_folder.SEARCH_TXT, text + "\n")
+    return Result(found, best, test_accuracy, epochs_run, budget, out, text)
+
+
+def summarise(space, found: list[Trial], best, test_accuracy, epochs_run: int, budget: int) -> str:
+    """The trials from best to worst, the best trial and what ASHA saved, in words."""
+    epochs = space.base.epochs
+    rungs = _rungs(epochs)
+    at = f"epoch {rungs[0]}" if len(rungs) == 1 else (
+        f"epochs {', '.join(map(str, rungs[:-1]))} and {rungs[-1]}")  # fmt: skip
+    stopping = f"ASHA stopped those below the top third at {at}" if rungs else (
+        "ASHA had no epoch to stop a trial at")  # fmt: skip
+    lines = [
+        f"Search of {len(found)} trials of {space.base.name} ({_epochs(epochs)} each) over "
+        f"{'; '.join(dim.describe() for dim in space.dimensions)}; Optuna proposed the "
+        f"trials, {stopping}."
+    ]
+    unscored_last = sorted(found, key=lambda trial: (trial.val_accuracy is None,
+                                                     -(trial.val_accuracy or 0)))  # fmt: skip
+    for trial in unscored_last:
+        accuracy = "" if trial.val_accuracy is None else (
+            f"val accuracy {trial.val_accuracy:.2%} after {_epochs(trial.epochs)}, ")  # fmt: skip
+        lines.append(f"trial {trial.number} ({trial.label}): {accuracy}{trial.status}")
+    if best is not None:
+        lines.append(
+            f"Best trial: {best.number} ({best.label}), val accuracy {best.val_accuracy:.2%}; "
+            f"its test accuracy, scored once: {test_accuracy:.2%}."
+        )
+        base = space.base_point()
+        first = found[0] if found else None
+        if base is not None and first is not None and first.val_accuracy is not None:
+            lines.append(_against_base(space, first, best, epochs))
+    else:
+        lines.append("No trial trained an epoch; there is no best trial.")
+    saved = 1 - epochs_run / budget if budget else 0
+    lines.append(f"ASHA ran {epochs_run} of {budget} epochs ({len(found)} trials × {epochs}): "
+                 f"{saved:.0%} of the compute saved.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _against_base(space, first: Trial, best: Trial, epochs: int) -> str:
+    """What the search gained over trial 1, the base experiment's own settings."""
+    name = space.base.name
+    if first is best:
+        return f"Trial 1 is {name}'s own settings, and no other trial beat it."
+    gain = 100 * (best.val_accuracy - first.val_accuracy)
+    if first.epochs < epochs:
+        return (f"Trial 1, {name}'s own settings, reached {first.val_accuracy:.2%} before ASHA "
+                f"stopped it after {_epochs(first.epochs)}; the best trial is {gain:+.2f} points "
+                "above that.")  # fmt: skip
+    return (
+        f"Against trial 1, {name}'s own settings, at the same {_epochs(epochs)}: "
+        f"{gain:+.2f} points of validation accuracy."
+    )
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch" + ("" if count == 1 else "s")
+
+
+def _rungs(epochs: int) -> list[int]:
+    """The epochs before the last at which ASHA compares trials: 1, 3, 9, ..."""
+    milestones, epoch = [], GRACE_EPOCHS
+    while epoch < epochs:
+        milestones.append(epoch)
+        epoch *= REDUCTION_FACTOR
+    return milestones
+
+
+def plot(path: Path, space: SearchSpace, found: list[Trial], best) -> None:
+    """One panel per sampled setting: each trial's validation accuracy against its value,
+    trials ASHA stopped hollow, the best one ringed."""
+    from matplotlib.figure import Figure  # A bare Figure needs no GUI backend.
+
+    dimensions = space.dimensions
+    figure = Figure(figsize=(4.5 * len(dimensions), 3.8), layout="constrained")
+    scored = [trial for trial in found if trial.val_accuracy is not None]
+    for axes, dim in zip(figure.subplots(1, len(dimensions), squeeze=False)[0], dimensions,
+                         strict=True):  # fmt: skip
+        choices = [_shown(value) for value in dim.values] if dim.distribution == "choice" else None
+        for stopped in (False, True):
+            members = [trial for trial in scored if (trial.status != "complete") == stopped]
+            positions = [_position(trial.settings[dim.key], choices) for trial in members]
+            axes.scatter(positions, [100 * trial.val_accuracy for trial in members],
+                         facecolors="none" if stopped else "C0", edgecolors="C0",
+                         label="stopped early" if stopped else "complete")  # fmt: skip
+        if best is not None:
+            axes.scatter([_position(best.settings[dim.key], choices)], [100 * best.val_accuracy],
+                         s=160, facecolors="none", edgecolors="C3", label="best")  # fmt: skip
+        axes.set_xlabel(dim.key)
+        axes.set_ylabel("validation accuracy (%)")
+        if dim.distribution == "loguniform":
+            axes.set_xscale("log")
+        if choices is not None:
+            axes.set_xticks(range(len(choices)), choices)
+    figure.axes[0].legend(fontsize="small")
+    figure.suptitle(f"{len(found)} trials of {space.base.name}: validation accuracy of each "
+                    "trial's checkpoint")  # fmt: skip
+    with run_folder.atomic_path(path, suffix=".png") as partial:
+        figure.savefig(partial, dpi=100)
+
+
+def _position(value: object, choices: list[str] | None) -> float:
+    return choices.index(_shown(value)) if choices is not None else float(value)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, float):
+        return f"{value:.3g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+@contextmanager
+def _quiet_tune():
+    """Tune's and Optuna's own progress lines and warnings off (the report says what happened;
+    Tune's newer console output prints its tables even when told to be silent), and Tune's
+    state saved every second rather than every ten, so that a kill loses at most a second of
+    it. Ctrl-C is Tune's to catch: it saves its state, and the search ends as interrupted."""
+    import optuna
+
+    logger = logging.getLogger("ray.tune")
+    level, optuna_level = logger.level, optuna.logging.get_verbosity()
+    logger.setLevel(logging.CRITICAL)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    saved = {name: os.environ.get(name) for name in _TUNE_ENVIRONMENT}
+    os.environ.update(_TUNE_ENVIRONMENT)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="ray")
+            warnings.filterwarnings("ignore", module="optuna")
+            yield
+    finally:
+        logger.setLevel(level)
+        optuna.logging.set_verbosity(optuna_level)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
