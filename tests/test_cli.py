@@ -129,8 +129,9 @@ def test_a_file_that_is_no_archive_is_one_line_naming_it(content, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     # tarfile's own error lists each compression it tried, one per line: none of that here.
     assert result.stderr.splitlines() == [
-        f"cifarlab: {data} is truncated or not a valid tar.gz archive (file could not be opened "
-        "successfully); download it again."
+        f"cifarlab: {data} is not a readable tar archive (a text file, or one cut short); --data "
+        "takes the official cifar-10-python.tar.gz, its extracted folder, a folder of class "
+        "folders or a .tar.gz of one."
     ]
 
 

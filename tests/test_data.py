@@ -326,10 +326,7 @@ def test_a_file_that_is_no_archive_is_refused_with_the_first_line_of_the_reason(
     # tarfile lists each compression it tried on a line of its own under the first.
     with pytest.raises(UserError) as error:
         safe_files.read_tar_members(notes, {"data_batch_1"})
-    assert str(error.value) == (
-        f"{notes} is truncated or not a valid tar.gz archive (file could not be opened "
-        "successfully); download it again."
-    )
+    assert str(error.value).startswith(f"{notes} is not a readable tar archive (a text file")
     truncated = tmp_path / "cifar-10-python.tar.gz"
     truncated.write_bytes(tiny_archive.read_bytes()[:5000])
     with pytest.raises(UserError) as error:

@@ -94,7 +94,19 @@ def read_tar_members(archive: Path, wanted: set[str]) -> dict[str, bytes]:
     """
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive, "r:*") as tar:  # pragma: no mutate (equivalent: "r" is "r:*")
+        # Opened apart from the reading below so that a file that is no tar is told apart; the
+        # `with` below closes it. ("r" would be equivalent to "r:*".)
+        opened = tarfile.open(archive, "r:*")  # noqa: SIM115  # pragma: no mutate
+    except tarfile.ReadError as error:  # No compression tarfile knows reads a tar from it.
+        raise UserError(
+            f"{archive} is not a readable tar archive (a text file, or one cut short); --data "
+            "takes the official cifar-10-python.tar.gz, its extracted folder, a folder of class "
+            "folders or a .tar.gz of one."
+        ) from error
+    except _ARCHIVE_ERRORS as error:
+        raise UserError(f"{archive} cannot be read ({_first_line(error)}).") from error
+    try:
+        with opened as tar:
             for member in _checked_members(tar, archive, MAX_MEMBER_BYTES, MAX_READ_BYTES):
                 name = PurePosixPath(member.name).name
                 if member.isfile() and name in wanted:
@@ -102,12 +114,17 @@ def read_tar_members(archive: Path, wanted: set[str]) -> dict[str, bytes]:
                         # Never more than the checked size, whatever the stream holds.
                         found[name] = file.read(member.size)
     except _ARCHIVE_ERRORS as error:
-        # tarfile lists every compression it tried on lines of their own: the first line says it.
-        reason = str(error).splitlines()[0].rstrip(": ") if str(error) else type(error).__name__
         raise UserError(
-            f"{archive} is truncated or not a valid tar.gz archive ({reason}); download it again."
+            f"{archive} is truncated or not a valid tar.gz archive ({_first_line(error)}); "
+            "download it again."
         ) from error
     return found
+
+
+def _first_line(error: Exception) -> str:
+    """The reason an archive failed, in a few words: tarfile lists every compression it tried
+    on lines of their own, under a first line that says it."""
+    return str(error).splitlines()[0].rstrip(": ") if str(error) else type(error).__name__
 
 
 def _checked_members(
