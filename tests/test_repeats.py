@@ -28,6 +28,7 @@ def study_arguments(tiny_archive: Path, out: Path, epochs: int = 1) -> list[str]
     return [
         "study", "--data", str(tiny_archive), "--out", str(out), "--epochs", str(epochs),
         "--experiments", ",".join(EXPERIMENTS), "--repeats", "2", "--workers", "2", "--quiet",
+        "--tensorboard",
     ]  # fmt: skip
 
 
@@ -192,3 +193,20 @@ def test_repeats_need_the_datas_path_not_loaded_data(tiny_archive, tmp_path):
     with pytest.raises(UserError, match="give the data's path"):
         api.study(["baseline"], data=data, out=tmp_path, repeats=2)
     assert not any(tmp_path.iterdir())
+
+
+def test_each_repeated_run_logs_its_hparams_under_its_own_name(repeated_study):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for experiment in EXPERIMENTS:
+        for seed in SEEDS:
+            logs = repeated_study / experiment / f"seed={seed}" / "logs"
+            accumulator = event_accumulator.EventAccumulator(str(logs))
+            accumulator.Reload()
+            [content] = accumulator.PluginTagToContent("hparams").values()
+            start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+            assert start.hparams["seed"].number_value == seed
+            assert start.hparams["name"].string_value == experiment
+            assert start.group_name == f"{experiment}/seed={seed}"  # Named as in MLflow.

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_options(study)
     study.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard logs, with each run's HParams, into each "
-                       "run folder (not with --repeats)")  # fmt: skip
+                       "run folder")  # fmt: skip
     add_tracking_option(study)
 
     listing = _command(commands, "experiments", "list the built-in experiments", "experiments")

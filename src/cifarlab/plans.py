@@ -43,7 +43,7 @@ class StudyPlan:
     ray: RayOptions = field(default_factory=RayOptions)
     projection: str = "pca"  # How the feature plot maps penultimate features to 2-D.
     quiet: bool = False
-    tensorboard: bool = False  # TensorBoard logs with HParams in each run folder (no repeats).
+    tensorboard: bool = False  # TensorBoard logs with HParams in each run folder.
 
     def __post_init__(self) -> None:
         if not self.configs:

@@ -140,7 +140,8 @@ def _train_repeated(study_configs: list[Config], plan: StudyPlan) -> dict[str, P
     from cifarlab.scale import ray_jobs
 
     jobs = [
-        ray_jobs.Job(seeded, run_folder.seed_folder(plan.out / seeded.name, seeded.seed))
+        ray_jobs.Job(seeded, run_folder.seed_folder(plan.out / seeded.name, seeded.seed),
+                     plan.tensorboard)  # fmt: skip
         for config in study_configs
         for seeded in seeded_configs(config, plan.repeats)
     ]

@@ -91,7 +91,7 @@ def _log_run(client, experiment_id: str, run_dir: Path) -> str:
     diagnosis = metrics.get("diagnosis")
     verdict = diagnosis.get("verdict") if isinstance(diagnosis, dict) else None
     tags = {KEY_TAG: key, FOLDER_TAG: str(run_dir.resolve()), "experiment": config.name,
-            "mlflow.runName": _run_name(run_dir)}  # fmt: skip
+            "mlflow.runName": run_name(run_dir)}  # fmt: skip
     if verdict is not None:
         tags["verdict"] = str(verdict)
     run = client.create_run(experiment_id, tags=tags)
@@ -122,8 +122,9 @@ def _log_run(client, experiment_id: str, run_dir: Path) -> str:
     return run_id
 
 
-def _run_name(run_dir: Path) -> str:
-    """`baseline`, or `baseline/seed=1` for one of a study's repeated runs."""
+def run_name(run_dir: Path) -> str:
+    """`baseline`, or `baseline/seed=1` for one of a study's repeated runs: how MLflow and
+    TensorBoard's HParams name the run."""
     if run_dir.name.startswith(run_folder.SEED_PREFIX):
         return f"{run_dir.parent.name}/{run_dir.name}"
     return run_dir.name

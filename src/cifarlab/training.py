@@ -158,7 +158,9 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
         callbacks.append(EarlyStopping(config.early_stopping_patience, rows))
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / run_folder.LOGS))
-        tracking.write_hparams(run_dir / run_folder.LOGS, config.to_dict(), run_dir.name)
+        tracking.write_hparams(
+            run_dir / run_folder.LOGS, config.to_dict(), tracking.run_name(run_dir)
+        )
     callbacks.extend(extra_callbacks)
     train = input_pipeline.training_batches(
         data.x_train, data.y_train, data.num_classes, config.batch_size,

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -51,6 +51,7 @@ class Job:
 
     config: Config
     out_dir: Path
+    tensorboard: bool = False  # TensorBoard logs with the run's HParams in its folder.
 
 
 @dataclass
@@ -95,7 +96,7 @@ def train_on_ray(
         ) from error
     # Resolved once here, so every task reads the same files (and nothing downloads twice).
     source = str(dataset.locate(data_path, pending[0].config.dataset).resolve())
-    pending = [Job(job.config, Path(job.out_dir).resolve()) for job in pending]
+    pending = [replace(job, out_dir=Path(job.out_dir).resolve()) for job in pending]
     with ray_session(options):
         task = ray.remote(
             num_cpus=options.cpus_per_run,
@@ -168,7 +169,7 @@ def worker_environment(options: RayOptions) -> dict[str, str]:
     return environment
 
 
-def train_one(config: Config, out_dir: str, source: str) -> dict:
+def train_one(config: Config, out_dir: str, source: str, tensorboard: bool = False) -> dict:
     """The body of one task: load the data, train and evaluate into `out_dir`.
 
     Bad input and training failures (`UserError`, `RunError`) are returned as the reason; a
@@ -181,7 +182,9 @@ def train_one(config: Config, out_dir: str, source: str) -> dict:
     started = time.perf_counter()
     try:
         data = dataset.load_for(config, source, quiet=True)
-        metrics = training.train_and_evaluate(config, out_dir, data, quiet=True)
+        metrics = training.train_and_evaluate(
+            config, out_dir, data, quiet=True, tensorboard=tensorboard
+        )
     except (UserError, RunError) as error:
         return {"error": str(error)}
     finally:
@@ -203,7 +206,8 @@ def _drive(task, jobs: list[Job], source: str, workers, outcome: Outcome, progre
             while waiting or running:
                 while waiting and len(running) < limit:
                     job = waiting.pop(0)
-                    running[task.remote(job.config, str(job.out_dir), source)] = job
+                    reference = task.remote(job.config, str(job.out_dir), source, job.tensorboard)
+                    running[reference] = job
                 done, _ = ray.wait(list(running), num_returns=1)
                 for reference in done:
                     _record(reference, running.pop(reference), outcome, bar)

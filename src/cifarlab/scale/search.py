@@ -114,8 +114,9 @@ def search(
     found = [_trial(number, result, space, out) for number, result in enumerate(grid, 1)]
     scored = [trial for trial in found if trial.val_accuracy is not None]
     best = max(scored, key=lambda trial: trial.val_accuracy, default=None)
-    test_accuracy = _test_accuracy(out / run_folder.SEARCH_TRIALS / best.trial_id, data) if (
-        best is not None) else None  # fmt: skip
+    test_accuracy = None
+    if best is not None:
+        test_accuracy = _test_accuracy(out / run_folder.SEARCH_TRIALS / best.trial_id, data)
     result = _report(space, found, best, test_accuracy, out)
     failed = [trial for trial in found if trial.status.startswith("failed")]
     if failed:
@@ -136,7 +137,7 @@ def _claim(out: Path, record: dict) -> None:
             stored = run_folder.read_json(path)
         except UserError as error:
             raise UserError(f"{path} is damaged; choose another --out.") from error
-        differing = [key for key in record if stored.get(key) != record[key]]
+        differing = [_RECORDED[key] for key in record if stored.get(key) != record[key]]
         if differing:
             raise UserError(
                 f"{out} holds a search of another {' and '.join(differing)}; choose another "
@@ -146,6 +147,11 @@ def _claim(out: Path, record: dict) -> None:
         raise UserError(f"{out} is not empty and holds no search; choose another --out.")
     else:
         run_folder.write_json(path, record)
+
+
+# What a search folder records of its search, as the refusal of another names it.
+_RECORDED = {"space": "space", "trials": "number of trials", "scheduler": "scheduler",
+             "data": "data"}  # fmt: skip
 
 
 def _scheduler_record() -> dict:
