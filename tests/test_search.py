@@ -299,3 +299,24 @@ def test_a_search_killed_with_sigkill_resumes_stops_laggards_and_names_its_best(
     assert refused.returncode == 2 and "holds a search of another space" in refused.stderr
     assert (out / run_folder.SEARCH_RECORD).read_text() == record
     assert json.loads(record)["trials"] == 6
+
+
+@pytest.mark.slow
+def test_a_trial_that_fails_is_reported_and_never_chosen(tmp_path, tiny_archive):
+    space = write(tmp_path, 'epochs = 2\nprecision = "float32"\n'
+                  "learning_rate = {choice = [1e6]}\n")  # fmt: skip
+    out = tmp_path / "search"
+    done = subprocess.run(
+        [sys.executable, "-m", "cifarlab.cli", "search", str(space), "--data", str(tiny_archive),
+         "--trials", "1", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=600, start_new_session=True,
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.startswith("cifarlab: ")]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert errors == [errors[0]] and "1 of 1 trial failed, trial 1 with: Training diverged" in (
+        errors[0]
+    )
+    [row] = read_rows(out)
+    assert row["status"].startswith("failed: Training diverged")
+    assert "there is no best trial" in (out / run_folder.SEARCH_TXT).read_text()
+    assert not list(out.glob(f"*/*/{run_folder.METRICS}"))  # Nothing was scored on the test set.

@@ -241,6 +241,8 @@ def _record(reference, job: Job, outcome: Outcome, bar: tqdm) -> None:
 def failure_reason(error: Exception) -> str:
     """One line saying why a task failed after its retries."""
     cause = getattr(error, "cause", None)
+    if isinstance(cause, UserError | RunError):  # Our own errors are sentences already.
+        return str(cause)
     if isinstance(cause, BaseException):
         return f"{type(cause).__name__}: {cause}".splitlines()[0]
     first_line = next((line for line in str(error).splitlines() if line.strip()), "")

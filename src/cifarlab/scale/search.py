@@ -69,6 +69,10 @@ class Trial:
     status: str  # "complete", "stopped early" or "failed: <why>".
 
     @property
+    def failed(self) -> bool:
+        return self.status.startswith("failed")
+
+    @property
     def label(self) -> str:
         return ", ".join(f"{key}={_shown(value)}" for key, value in self.settings.items())
 
@@ -112,18 +116,20 @@ def search(
     if any(result.error is None and not result.metrics.get("done") for result in grid):
         raise KeyboardInterrupt  # Tune stopped on Ctrl-C and saved its state.
     found = [_trial(number, result, space, out) for number, result in enumerate(grid, 1)]
-    scored = [trial for trial in found if trial.val_accuracy is not None]
+    failed = [trial for trial in found if trial.failed]
+    # A failed trial (a diverged run, say) may have no checkpoint to score.
+    scored = [trial for trial in found if trial.val_accuracy is not None and not trial.failed]
     best = max(scored, key=lambda trial: trial.val_accuracy, default=None)
     test_accuracy = None
     if best is not None:
         test_accuracy = _test_accuracy(out / run_folder.SEARCH_TRIALS / best.trial_id, data)
     result = _report(space, found, best, test_accuracy, out)
-    failed = [trial for trial in found if trial.status.startswith("failed")]
     if failed:
+        reason = failed[0].status.removeprefix("failed: ").rstrip(".")
         raise RunError(
-            f"{len(failed)} of {len(found)} trials failed (trial {failed[0].number}: "
-            f"{failed[0].status.removeprefix('failed: ')}); the others are reported in "
-            f"{out / run_folder.SEARCH_TXT}. Rerun the same command to retry the failed ones."
+            f"{len(failed)} of {_count(len(found), 'trial')} failed, trial {failed[0].number} "
+            f"with: {reason}; all are reported in {out / run_folder.SEARCH_TXT}, and rerunning "
+            "the same command retries the failed ones."
         )
     return result
 
@@ -333,7 +339,8 @@ def summarise(space, found: list[Trial], best, test_accuracy, epochs_run: int, b
     stopping = f"ASHA stopped those below the top third at {at}" if rungs else (
         "ASHA had no epoch to stop a trial at")  # fmt: skip
     lines = [
-        f"Search of {len(found)} trials of {space.base.name} ({_epochs(epochs)} each) over "
+        f"Search of {_count(len(found), 'trial')} of {space.base.name} ({_epochs(epochs)} "
+        f"each) over "
         f"{'; '.join(dim.describe() for dim in space.dimensions)}; Optuna proposed the "
         f"trials, {stopping}."
     ]
@@ -353,10 +360,10 @@ def summarise(space, found: list[Trial], best, test_accuracy, epochs_run: int, b
         if base is not None and first is not None and first.val_accuracy is not None:
             lines.append(_against_base(space, first, best, epochs))
     else:
-        lines.append("No trial trained an epoch; there is no best trial.")
+        lines.append("No trial trained an epoch without failing; there is no best trial.")
     saved = 1 - epochs_run / budget if budget else 0
-    lines.append(f"ASHA ran {epochs_run} of {budget} epochs ({len(found)} trials × {epochs}): "
-                 f"{saved:.0%} of the compute saved.")  # fmt: skip
+    lines.append(f"ASHA ran {epochs_run} of {budget} epochs ({_count(len(found), 'trial')} × "
+                 f"{epochs}): {saved:.0%} of the compute saved.")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -377,7 +384,11 @@ def _against_base(space, first: Trial, best: Trial, epochs: int) -> str:
 
 
 def _epochs(count: int) -> str:
-    return f"{count} epoch" + ("" if count == 1 else "s")
+    return _count(count, "epoch")
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _rungs(epochs: int) -> list[int]:
@@ -396,7 +407,7 @@ def plot(path: Path, space: SearchSpace, found: list[Trial], best) -> None:
 
     dimensions = space.dimensions
     figure = Figure(figsize=(4.5 * len(dimensions), 3.8), layout="constrained")
-    scored = [trial for trial in found if trial.val_accuracy is not None]
+    scored = [trial for trial in found if trial.val_accuracy is not None and not trial.failed]
     for axes, dim in zip(figure.subplots(1, len(dimensions), squeeze=False)[0], dimensions,
                          strict=True):  # fmt: skip
         choices = [_shown(value) for value in dim.values] if dim.distribution == "choice" else None
