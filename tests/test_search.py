@@ -184,6 +184,18 @@ def test_a_folder_of_something_else_is_refused(tmp_path, tiny_archive, capsys):
     assert [item.name for item in out.iterdir()] == ["notes.txt"]
 
 
+def test_the_python_api_searches_the_same_space_with_the_same_refusals(tmp_path, tiny_archive):
+    import cifarlab
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds no search"):
+        cifarlab.search(write(tmp_path, SPACE), tiny_archive, trials=2, out=busy)
+    with pytest.raises(UserError, match="samples learning_rate"):
+        cifarlab.search(write(tmp_path, SPACE), tiny_archive, out=busy, learning_rate=0.1)
+
+
 def read_rows(out: Path) -> list[dict]:
     with open(out / run_folder.SEARCH_CSV, newline="") as handle:
         return list(csv.DictReader(handle))

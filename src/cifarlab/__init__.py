@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # The public API, the names of `cifarlab.api.__all__`, listed here so `import cifarlab` stays cheap.
 __all__ = [
     "Run", "Study", "build_report", "evaluate", "experiment_config", "export", "load_data",
-    "open_run", "predict", "study", "train",
+    "open_run", "predict", "search", "study", "train",
 ]  # fmt: skip
 
 

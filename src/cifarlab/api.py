@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from cifarlab import config as configs
@@ -19,13 +20,13 @@ from cifarlab import run_folder
 from cifarlab.data.dataset import Dataset
 from cifarlab.data.dataset import load as load_data
 from cifarlab.errors import UserError
-from cifarlab.plans import StudyPlan
+from cifarlab.plans import RayOptions, StudyPlan
 from cifarlab.views import Run, Study
 
 log = logging.getLogger(__name__)
 __all__ = [
     "Run", "Study", "build_report", "evaluate", "experiment_config", "export", "load_data",
-    "open_run", "predict", "study", "train",
+    "open_run", "predict", "search", "study", "train",
 ]  # fmt: skip
 
 
@@ -196,6 +197,34 @@ def study(
         )  # fmt: skip
     studies.train_and_report(plan, data)
     return Study(plan.out)
+
+
+def search(
+    space: str | Path,
+    path: str | Path | None = None,
+    trials: int = 10,
+    out: str | Path = "runs/search",
+    ray: RayOptions | None = None,
+    quiet: bool = False,
+    tensorboard: bool = False,
+    experiments_file: str | Path | None = None,
+    **overrides: object,
+):
+    """Search the settings the TOML file `space` samples on Ray Tune (Optuna proposes, ASHA
+    stops the trials that lag) with the data at `path`, into the search folder `out`, or resume
+    the search there; the result names every trial, the best and its test accuracy (see
+    `cifarlab.scale.search`). `overrides` are fixed settings (`epochs=5`), never sampled ones."""
+    from cifarlab import builders
+    from cifarlab.scale import space as spaces
+
+    try:
+        from cifarlab.scale import search as searching
+    except ModuleNotFoundError as error:
+        raise UserError("Searching needs Ray Tune and Optuna; install them with: "
+                        "pip install 'cifarlab[tune]'.") from error  # fmt: skip
+    loaded = spaces.load_space(space, experiments_file, **overrides)
+    loaded = replace(loaded, base=builders.record_builder(loaded.base))
+    return searching.search(loaded, path, trials, out, ray, not quiet, tensorboard)
 
 
 def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Path]:

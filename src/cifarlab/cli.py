@@ -140,25 +140,18 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from cifarlab.scale import space as spaces
 
     overrides = _training_overrides(args)
-    space = spaces.load_space(args.space, args.experiments, **overrides)
+    # The space's mistakes are answered before the data, TensorFlow or Ray load.
+    spaces.load_space(args.space, args.experiments, **overrides)
     preflight.check_data(args)
     preflight.check_output_folder(args.out)
     preflight.quiet_tensorflow(args.verbose)
-    try:
-        from cifarlab.scale import search
-    except ModuleNotFoundError as error:
-        raise UserError("cifarlab search needs Ray Tune and Optuna; install them with: "
-                        "pip install 'cifarlab[tune]'.") from error  # fmt: skip
-    from cifarlab import builders
+    from cifarlab import api
 
-    space = replace(space, base=builders.record_builder(space.base))
-    result = search.search(space, args.data, args.trials, args.out, ray_options(args),
-                           not args.quiet, args.tensorboard)  # fmt: skip
+    result = api.search(args.space, args.data, args.trials, args.out, ray_options(args),
+                        args.quiet, args.tensorboard, args.experiments, **overrides)  # fmt: skip
     print(result.text)
     print(f"Search folder: {result.folder}")
     _track(args, result.trial_folders, f"search {result.folder}")
