@@ -38,14 +38,7 @@ from cifarlab.errors import UserError
 def load_file(path: str | Path) -> dict[str, Config]:
     """Every experiment the file declares, in its order, each a complete resolved `Config`."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise UserError(f"Experiment file {path} does not exist.") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"Experiment file {path} cannot be read ({error}).") from error
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path} is not valid TOML ({error}).") from error
+    document = read_toml(path, "Experiment file")
     unknown = sorted(set(document) - {"experiments"})
     if unknown:
         raise UserError(f"{path}: unknown section '{unknown[0]}'; declare [experiments.NAME].")
@@ -56,6 +49,19 @@ def load_file(path: str | Path) -> dict[str, Config]:
     for name in declared:
         _resolve(path, name, declared, resolved, ())
     return {name: resolved[name] for name in declared}
+
+
+def read_toml(path: Path, kind: str) -> dict:
+    """The TOML document at `path`; a missing, unreadable or invalid file is one sentence that
+    names it as `kind` ("Experiment file", "Search space")."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise UserError(f"{kind} {path} does not exist.") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{kind} {path} cannot be read ({error}).") from error
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path} is not valid TOML ({error}).") from error
 
 
 def resolve(

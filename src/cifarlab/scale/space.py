@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,14 +126,7 @@ def load_space(
     """The space the TOML file at `path` declares; `overrides` (the command line's, None left
     out) replace its fixed settings but may not name a sampled one."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise UserError(f"Search space {path} does not exist.") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"Search space {path} cannot be read ({error}).") from error
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path} is not valid TOML ({error}).") from error
+    document = experiments.read_toml(path, "Search space")
     base_name = document.pop("base", "baseline")
     if not isinstance(base_name, str):
         raise UserError(f"{path}: base must be an experiment's name, not {base_name!r}.")
