@@ -248,7 +248,10 @@ def test_a_search_killed_with_sigkill_resumes_stops_laggards_and_names_its_best(
             trial_id: (out / run_folder.SEARCH_TRIALS / trial_id / run_folder.HISTORY).read_bytes()
             for trial_id, rows in trial_histories(out).items() if len(rows) == EPOCHS
         }  # fmt: skip
-        started.append(start_search(space, data, out, tmp_path / "second.log", "--track",
+        moved = tmp_path / "moved" / data.name  # The same data elsewhere is the same data.
+        moved.parent.mkdir()
+        data.rename(moved)
+        started.append(start_search(space, moved, out, tmp_path / "second.log", "--track",
                                     "mlflow"))  # fmt: skip
         assert started[1].wait(timeout=600) == 0, (tmp_path / "second.log").read_text()
     finally:
@@ -304,12 +307,16 @@ def test_a_search_killed_with_sigkill_resumes_stops_laggards_and_names_its_best(
     # The same folder with another space is refused, and its record stays as it was.
     record = (out / run_folder.SEARCH_RECORD).read_text()
     other = write(tmp_path, SPACE.replace("0.6]", "0.5]"), "other.toml")
-    refused = subprocess.run(
-        [sys.executable, "-m", "cifarlab.cli", "search", str(other), "--data", str(data),
-         "--trials", "6", "--out", str(out)], capture_output=True, text=True,
-    )  # fmt: skip
-    assert refused.returncode == 2 and "holds a search of another space" in refused.stderr
-    assert (out / run_folder.SEARCH_RECORD).read_text() == record
+    other_data = write_cifar10_archive(tmp_path / "other.tar.gz", per_class=20, seed=1)
+    for changed_space, changed_data, expected in ((other, moved, "another space;"),
+                                                  (space, other_data, "other data;")):  # fmt: skip
+        refused = subprocess.run(
+            [sys.executable, "-m", "cifarlab.cli", "search", str(changed_space), "--data",
+             str(changed_data), "--trials", "6", "--out", str(out)], capture_output=True,
+            text=True,
+        )  # fmt: skip
+        assert refused.returncode == 2 and f"holds a search of {expected}" in refused.stderr
+        assert (out / run_folder.SEARCH_RECORD).read_text() == record
     assert json.loads(record)["trials"] == 6
 
 

@@ -143,10 +143,10 @@ def _claim(out: Path, record: dict) -> None:
             stored = run_folder.read_json(path)
         except UserError as error:
             raise UserError(f"{path} is damaged; choose another --out.") from error
-        differing = [_RECORDED[key] for key in record if stored.get(key) != record[key]]
+        differing = [_RECORDED[key] for key in record if not _same(key, stored, record)]
         if differing:
             raise UserError(
-                f"{out} holds a search of another {' and '.join(differing)}; choose another "
+                f"{out} holds a search of {' and '.join(differing)}; choose another "
                 "--out, or rerun the search it holds."
             )
     elif out.is_dir() and any(out.iterdir()):
@@ -156,8 +156,16 @@ def _claim(out: Path, record: dict) -> None:
 
 
 # What a search folder records of its search, as the refusal of another names it.
-_RECORDED = {"space": "space", "trials": "number of trials", "scheduler": "scheduler",
-             "data": "data"}  # fmt: skip
+_RECORDED = {"space": "another space", "trials": "another number of trials",
+             "scheduler": "another scheduler", "data": "other data"}  # fmt: skip
+
+
+def _same(key: str, stored: dict, record: dict) -> bool:
+    """Whether the stored record agrees on `key`: the data by its fingerprint alone, so the
+    same archive moved elsewhere is the same data."""
+    if key == "data":
+        return (stored.get(key) or {}).get("fingerprint") == record[key]["fingerprint"]
+    return stored.get(key) == record[key]
 
 
 def _scheduler_record() -> dict:
