@@ -422,9 +422,10 @@ def plot(path: Path, space: SearchSpace, found: list[Trial], best) -> None:
         for stopped in (False, True):
             members = [trial for trial in scored if (trial.status != "complete") == stopped]
             positions = [_position(trial.settings[dim.key], choices) for trial in members]
+            label = "stopped early (fewer epochs)" if stopped else "complete"
             axes.scatter(positions, [100 * trial.val_accuracy for trial in members],
                          facecolors="none" if stopped else "C0", edgecolors="C0",
-                         label="stopped early" if stopped else "complete")  # fmt: skip
+                         label=label)  # fmt: skip
         if best is not None:
             axes.scatter([_position(best.settings[dim.key], choices)], [100 * best.val_accuracy],
                          s=160, facecolors="none", edgecolors="C3", label="best")  # fmt: skip
