@@ -352,9 +352,9 @@ def summarise(space, found: list[Trial], best, test_accuracy, epochs_run: int, b
         f"{'; '.join(dim.describe() for dim in space.dimensions)}; Optuna proposed the "
         f"trials, {stopping}."
     ]
-    unscored_last = sorted(found, key=lambda trial: (trial.val_accuracy is None,
-                                                     -(trial.val_accuracy or 0)))  # fmt: skip
-    for trial in unscored_last:
+    failed_last = sorted(found, key=lambda trial: (trial.failed or trial.val_accuracy is None,
+                                                   -(trial.val_accuracy or 0)))  # fmt: skip
+    for trial in failed_last:
         accuracy = "" if trial.val_accuracy is None else (
             f"val accuracy {trial.val_accuracy:.2%} after {_epochs(trial.epochs)}, ")  # fmt: skip
         lines.append(f"trial {trial.number} ({trial.label}): {accuracy}{trial.status}")
@@ -366,7 +366,7 @@ def summarise(space, found: list[Trial], best, test_accuracy, epochs_run: int, b
         base = space.base_point()
         first = found[0] if found else None
         if base is not None and first is not None and first.val_accuracy is not None:
-            lines.append(_against_base(space, first, best, epochs))
+            lines.append(_against_base(space, found, best, epochs))
     else:
         lines.append("No trial trained an epoch without failing; there is no best trial.")
     saved = 1 - epochs_run / budget if budget else 0
@@ -375,11 +375,20 @@ def summarise(space, found: list[Trial], best, test_accuracy, epochs_run: int, b
     return "\n".join(lines)
 
 
-def _against_base(space, first: Trial, best: Trial, epochs: int) -> str:
-    """What the search gained over trial 1, the base experiment's own settings."""
-    name = space.base.name
+def _against_base(space, found: list[Trial], best: Trial, epochs: int) -> str:
+    """What the search gained over trial 1, the base experiment's own settings, or by how much
+    the runner-up fell short of them."""
+    name, first = space.base.name, found[0]
     if first is best:
-        return f"Trial 1 is {name}'s own settings, and no other trial beat it."
+        others = [trial for trial in found[1:] if trial.val_accuracy is not None and
+                  not trial.failed]  # fmt: skip
+        if not others:
+            return f"Trial 1 is {name}'s own settings, the only trial with a score."
+        runner = max(others, key=lambda trial: trial.val_accuracy)
+        return (f"Trial 1 is {name}'s own settings, and no other trial beat it: the runner-up, "
+                f"trial {runner.number} ({runner.label}), reached {runner.val_accuracy:.2%} after "
+                f"{_epochs(runner.epochs)}, "
+                f"{100 * (runner.val_accuracy - first.val_accuracy):+.2f} points.")  # fmt: skip
     gain = 100 * (best.val_accuracy - first.val_accuracy)
     if first.epochs < epochs:
         return (f"Trial 1, {name}'s own settings, reached {first.val_accuracy:.2%} before ASHA "
