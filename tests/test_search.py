@@ -331,6 +331,18 @@ def test_a_search_killed_with_sigkill_resumes_stops_laggards_and_names_its_best(
         assert [metric.step for metric in epochs] == list(range(1, int(row["epochs"]) + 1))
     assert "final_test_accuracy" in recorded[best["trial_id"]].data.metrics
 
+    # Run again once finished: Tune restores every trial as ended, nothing trains, and the
+    # report is the same, trial 1 still the notebook's settings.
+    table = (out / run_folder.SEARCH_CSV).read_bytes()
+    histories_before = {path: path.read_bytes() for path in out.glob(f"*/*/{run_folder.HISTORY}")}
+    again = start_search(space, moved, out, tmp_path / "third.log")
+    try:
+        assert again.wait(timeout=600) == 0, (tmp_path / "third.log").read_text()
+    finally:
+        kill_group(again)
+    assert (out / run_folder.SEARCH_CSV).read_bytes() == table
+    assert {path: path.read_bytes() for path in histories_before} == histories_before
+
     # The same folder with another space is refused, and its record stays as it was.
     record = (out / run_folder.SEARCH_RECORD).read_text()
     other = write(tmp_path, SPACE.replace("0.6]", "0.5]"), "other.toml")

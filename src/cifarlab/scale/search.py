@@ -115,7 +115,8 @@ def search(
         grid = _tuner(space, data, trials, out, options, tensorboard).fit()
     if any(result.error is None and not result.metrics.get("done") for result in grid):
         raise KeyboardInterrupt  # Tune stopped on Ctrl-C and saved its state.
-    found = [_trial(number, result, space, out) for number, result in enumerate(grid, 1)]
+    in_order = sorted(grid, key=_proposal_number)
+    found = [_trial(number, result, space, out) for number, result in enumerate(in_order, 1)]
     failed = [trial for trial in found if trial.failed]
     # A failed trial (a diverged run, say) may have no checkpoint to score.
     scored = [trial for trial in found if trial.val_accuracy is not None and not trial.failed]
@@ -295,6 +296,15 @@ def _train_trial(sampled: dict, space: SearchSpace, data: Dataset, trials: str,
                             callbacks=[each_epoch])  # fmt: skip
     if not reported:  # Training was over already: tell Tune what it recorded.
         replay()
+
+
+def _proposal_number(result) -> float:
+    """Where the trial came in the searcher's proposals, so that trial 1 stays the base's
+    settings: Tune names a trial's folder `<trainable>_<trial id>_<number>_<settings>_<date>`,
+    and a restored search lists its results in another order."""
+    tag = Path(result.path).name.partition(f"_{result.metrics['trial_id']}_")[2]
+    number = tag.partition("_")[0]
+    return int(number) if number.isdigit() else math.inf
 
 
 def _trial(number: int, result, space: SearchSpace, out: Path) -> Trial:
