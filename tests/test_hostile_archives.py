@@ -227,6 +227,23 @@ def test_a_part_left_by_a_killed_extraction_is_removed_by_the_next_run(
     assert not list(fresh_cache.rglob("*.part"))
 
 
+def test_an_interrupt_just_after_the_part_is_made_leaves_none(tmp_path, fresh_cache, monkeypatch):
+    """SIGTERM raises KeyboardInterrupt at whatever line runs: in the race above it once landed
+    after `mkdtemp` had made the extraction's `.part` and before `extract`'s cleanup covered it,
+    which left the `.part` behind. Here the interrupt lands exactly there, every time."""
+    made = tempfile.mkdtemp
+
+    def interrupted_mkdtemp(*arguments, **keywords):
+        made(*arguments, **keywords)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tempfile, "mkdtemp", interrupted_mkdtemp)
+    with pytest.raises(KeyboardInterrupt):
+        cache.extracted(write_archive(tmp_path / "photos.tar.gz", photos()))
+    assert (fresh_cache / "extracted").is_dir()  # The interrupt came after the `.part` was made.
+    assert not list(fresh_cache.rglob("*.part"))
+
+
 def test_a_part_being_written_is_kept_and_an_abandoned_one_removed(
     tiny_archive, fresh_cache, capsys
 ):

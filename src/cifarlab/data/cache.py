@@ -61,15 +61,19 @@ def file_entries(source: Path) -> list[tuple[str, int, int]]:
 def building(entry: Path) -> Iterator[None]:
     """Hold the lock for building cache entry `entry`; other processes wait for it.
 
-    Stale `.part` entries beside `entry` are removed first. Raises `OSError` where the cache
-    cannot be written.
+    Stale `.part` entries beside `entry` are removed first, and `entry`'s own on the way out:
+    an interrupt (SIGTERM raises one anywhere) can land after a writer made its `.part` but
+    before its own cleanup was in place. Raises `OSError` where the cache cannot be written.
     """
     from filelock import FileLock
 
     entry.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(_lock_path(entry)):
         _remove_stale_parts(entry)
-        yield
+        try:
+            yield
+        finally:
+            _remove_own_parts(entry)
 
 
 def arrays(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -173,7 +177,7 @@ def _remove_stale_parts(entry: Path) -> None:
     from filelock import FileLock, Timeout
 
     for part in entry.parent.glob(".*.part"):
-        owner = entry.with_name(part.name[1:].rsplit(".", 2)[0])
+        owner = _owner(part)
         try:
             if owner == entry:
                 _remove(part)
@@ -184,6 +188,19 @@ def _remove_stale_parts(entry: Path) -> None:
             continue  # Another process holds that lock: the part is being written.
         except OSError:
             continue  # Left for a later run; a cache that cannot be cleaned still works.
+
+
+def _remove_own_parts(entry: Path) -> None:
+    """Remove the `.part` entries of `entry`, whose lock the caller holds: none is being written."""
+    for part in entry.parent.glob(".*.part"):
+        if _owner(part) == entry:
+            with contextlib.suppress(OSError):
+                _remove(part)
+
+
+def _owner(part: Path) -> Path:
+    """The entry a `.part` is written for: `.<entry>.<random>.part` is `<entry>`'s."""
+    return part.with_name(part.name[1:].rsplit(".", 2)[0])
 
 
 def _remove(path: Path) -> None:
