@@ -63,8 +63,9 @@ def test_a_resumed_run_says_where_it_resumes(tmp_path):
     history = out / "history.csv"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        # Epoch 1 in the history and in Keras's backup: the kill lands in epoch 2.
-        if (out / "backup" / "training_metadata.json").is_file() and history.is_file():
+        # Epoch 1 in the history and in Keras's backup: the kill lands in epoch 2. The backup's
+        # metadata file exists (empty) a moment before Keras writes its epoch number into it.
+        if history.is_file() and "epoch" in _text(out / "backup" / "training_metadata.json"):
             break
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
@@ -74,6 +75,13 @@ def test_a_resumed_run_says_where_it_resumes(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     assert result.returncode == 0, result.stderr
     assert "baseline: resuming at epoch 2 of 3." in result.stdout
+
+
+def _text(path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 @pytest.mark.parametrize(
