@@ -150,8 +150,9 @@ def test_your_own_model_trains_predicts_and_serves(tiny_archive, tmp_path):
     # A fresh process, which has not imported the builder's module, loads the user's own layer.
     fresh = subprocess.run(
         [sys.executable, "-m", "cifarlab.cli", "predict", str(out), str(image)], cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}, capture_output=True,
-        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )}, capture_output=True, text=True,
     )  # fmt: skip
     assert fresh.returncode == 0, fresh.stderr
     assert "photo.png" in fresh.stdout
