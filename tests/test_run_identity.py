@@ -6,6 +6,7 @@ folders of image files."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +54,22 @@ def fruit_folders(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def trained_once(tiny_archive, tmp_path_factory) -> Path:
+    """A finished one-epoch baseline run, trained once for the module: tests change copies."""
+    out = tmp_path_factory.mktemp("finished") / "baseline"
+    with pytest.MonkeyPatch.context() as patch:
+        # Module-scoped, so set up before conftest's per-test cache: point at the same one here.
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert cifarlab("train", "baseline", "--data", tiny_archive, "--out", out, *FAST) == 0
+    return out
+
+
 @pytest.fixture
-def finished_run(tiny_archive, tmp_path) -> Path:
+def finished_run(trained_once, tmp_path) -> Path:
+    """The test's own copy of `trained_once`, alone in its parent folder as a study's run."""
     out = tmp_path / "baseline"
-    assert cifarlab("train", "baseline", "--data", tiny_archive, "--out", out, *FAST) == 0
+    shutil.copytree(trained_once, out)
     return out
 
 
