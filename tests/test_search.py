@@ -242,7 +242,8 @@ def start_search(space: Path, data: Path, out: Path, log: Path, *extra: str) -> 
     """The command in a session of its own, so the test can reap its Ray processes and only
     those; in the log's folder, where MLflow's store and artifacts go."""
     command = [sys.executable, "-m", "cifarlab.cli", "search", str(space), "--data", str(data),
-               "--trials", "6", "--workers", "2", "--out", str(out), *extra]  # fmt: skip
+               "--trials", "6", "--workers", "2", "--out", str(out), "--tensorboard",
+               *extra]  # fmt: skip
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     environment.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
@@ -330,6 +331,19 @@ def test_a_search_killed_with_sigkill_resumes_stops_laggards_and_names_its_best(
         epochs = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [metric.step for metric in epochs] == list(range(1, int(row["epochs"]) + 1))
     assert "final_test_accuracy" in recorded[best["trial_id"]].data.metrics
+
+    # Each trial's TensorBoard logs hold its sampled settings, named by its trial id.
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for row in rows:
+        logs = out / run_folder.SEARCH_TRIALS / row["trial_id"] / run_folder.LOGS
+        accumulator = event_accumulator.EventAccumulator(str(logs))
+        accumulator.Reload()
+        [content] = accumulator.PluginTagToContent("hparams").values()
+        start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        assert start.group_name == row["trial_id"]
+        assert math.isclose(start.hparams["dropout"].number_value, float(row["dropout"]))
 
     # Run again once finished: Tune restores every trial as ended, nothing trains, and the
     # report is the same, trial 1 still the notebook's settings.
