@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,30 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
     info.size = len(payload)
     tar.addfile(info, io.BytesIO(payload))
+
+
+def backed_up_epoch(backup: Path) -> int | None:
+    """The epoch Keras's BackupAndRestore has written whole into `backup`, or None while there
+    is none: it writes the weights, then the metadata, whose file exists (empty) a moment
+    before its epoch number is in it."""
+    try:
+        return int(json.loads((backup / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def kill_once_backed_up(process: subprocess.Popen, backup: Path, timeout: float = 600) -> None:
+    """SIGKILL the training `process` as soon as it has backed up an epoch whole; fail if it
+    ends or the time runs out first."""
+    try:
+        deadline = time.monotonic() + timeout
+        while backed_up_epoch(backup) is None:
+            assert process.poll() is None, "the run ended before backing up an epoch"
+            assert time.monotonic() < deadline, "no epoch was backed up in time"
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 import os
 import pickle
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ from cifarlab.config import Augmentation
 from cifarlab.data import dataset, safe_files
 from cifarlab.errors import UserError
 from cifarlab.run_folder import read_history
-from tests.conftest import write_cifar10_archive
+from tests.conftest import backed_up_epoch, kill_once_backed_up, write_cifar10_archive
 
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -46,14 +44,6 @@ def _deterministic_environment(cache: Path) -> dict[str, str]:
     # picks deterministic kernels wherever it has a choice, which makes exact equality the rule.
     return {**os.environ, "XDG_CACHE_HOME": str(cache), "TF_CPP_MIN_LOG_LEVEL": "3",
             "TF_DETERMINISTIC_OPS": "1"}  # fmt: skip
-
-
-def _finished_epochs(backup: Path) -> int | None:
-    """The epoch number BackupAndRestore recorded, or None while it is absent or half-written."""
-    try:
-        return int(json.loads((backup / "training_metadata.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _curves(run_dir: Path) -> list[dict]:
@@ -96,17 +86,9 @@ def _train_killed_and_uninterrupted(tmp_path: Path, experiment: list[str]) -> tu
                    timeout=600)  # fmt: skip
     process = subprocess.Popen(command(resumed), env=environment, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 600
-        while _finished_epochs(resumed / "backup") is None:
-            assert process.poll() is None, "the run ended before backing up epoch 1"
-            assert time.monotonic() < deadline, "epoch 1 never finished"
-            time.sleep(0.02)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_once_backed_up(process, resumed / "backup")
     # The kill landed in epoch 2: one epoch recorded and backed up, the run unfinished.
-    assert _finished_epochs(resumed / "backup") == 1
+    assert backed_up_epoch(resumed / "backup") == 1
     assert len(read_history(resumed)) == 1 and not (resumed / "metrics.json").exists()
     subprocess.run(command(resumed), env=environment, check=True, capture_output=True,
                    timeout=600)  # fmt: skip
@@ -167,7 +149,7 @@ def test_a_resumed_baseline_with_dropout_equals_an_uninterrupted_one(tiny_archiv
     with pytest.raises(_InterruptionError):
         training.train_and_evaluate(run_config, resumed, data, quiet=True,
                                     callbacks=[_InterruptAfterFirstEpoch()])  # fmt: skip
-    assert _finished_epochs(resumed / "backup") == 1 and len(read_history(resumed)) == 1
+    assert backed_up_epoch(resumed / "backup") == 1 and len(read_history(resumed)) == 1
     training.train_and_evaluate(run_config, resumed, data, quiet=True)
     _assert_same_run(resumed, uninterrupted)
 

@@ -25,6 +25,7 @@ from PIL import Image
 from cifarlab import load_data, run_folder
 from cifarlab.data import images
 from cifarlab.errors import UserError
+from tests.conftest import kill_once_backed_up
 
 COMMAND = [sys.executable, "-m", "cifarlab.cli"]
 PHOTO_CLASSES = {"cat": (200, 60, 40), "dog": (60, 180, 60), "fox": (40, 60, 200)}
@@ -233,26 +234,9 @@ def killed_run(tiny_archive, tmp_path_factory) -> Path:
         stderr=subprocess.DEVNULL,
         env=environment(out.parent / "cache"),
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not _backed_up(out):
-            assert process.poll() is None, "the run ended before its first backup"
-            assert time.monotonic() < deadline, "the first epoch never finished"
-            time.sleep(0.01)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_once_backed_up(process, out / run_folder.BACKUP, timeout=300)
     assert (out / BACKUP_METADATA).is_file(), "the run finished training before the kill"
     return out
-
-
-def _backed_up(out: Path) -> bool:
-    """Whether Keras has written a whole backup: it writes the weights, then the metadata, and
-    the metadata file exists (empty) a moment before its epoch number is in it."""
-    try:
-        return "epoch" in json.loads((out / BACKUP_METADATA).read_text())
-    except (OSError, ValueError):
-        return False
 
 
 def copy_of(killed_run: Path, tmp_path: Path) -> tuple[Path, int, list[str]]:

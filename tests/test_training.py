@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -16,7 +14,7 @@ import pytest
 
 from cifarlab import cli, load_data
 from cifarlab.run_folder import read_history
-from tests.conftest import write_cifar10_archive
+from tests.conftest import kill_once_backed_up, write_cifar10_archive
 
 EXPERIMENTS = ("baseline", "augmented", "batchnorm")
 METRICS_KEYS = {
@@ -128,15 +126,6 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-def _backed_up(out) -> bool:
-    """Whether Keras has written a whole backup of epoch 1: it writes the weights, then the
-    metadata, whose file exists (empty) a moment before its epoch number is in it."""
-    try:
-        return "epoch" in json.loads((out / "backup" / "training_metadata.json").read_text())
-    except (OSError, ValueError):
-        return False
-
-
 def train_command(out, archive, epochs: int = 4) -> list[str]:
     return ["train", "baseline", "--data", str(archive), "--epochs", str(epochs),
             "--batch-size", "8", "--out", str(out), "--quiet",
@@ -158,15 +147,7 @@ def killed_in_epoch_2(tmp_path_factory):
     process = subprocess.Popen([sys.executable, "-m", "cifarlab.cli", *train_command(out, archive)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=environment)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 600
-        while not _backed_up(out):
-            assert process.poll() is None, "the run ended before backing up epoch 1"
-            assert time.monotonic() < deadline, "epoch 1 never finished"
-            time.sleep(0.02)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_once_backed_up(process, out / "backup")
     assert len(read_history(out)) == 1 and not (out / "metrics.json").exists()
     return out, archive, environment
 
