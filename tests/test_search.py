@@ -24,7 +24,7 @@ pytest.importorskip("optuna")
 
 from ray.tune.experiment import Trial  # noqa: E402
 
-from cifarlab.scale import search  # noqa: E402
+from cifarlab.scale import search, search_report  # noqa: E402
 from cifarlab.scale.space import load_space  # noqa: E402
 from tests.conftest import write_cifar10_archive  # noqa: E402
 
@@ -144,15 +144,16 @@ def test_a_trial_reports_its_checkpoints_accuracy_not_its_last_or_best():
 
 def test_the_summary_ranks_trials_and_weighs_the_best_against_the_bases_settings(tmp_path):
     space = load_space(write(tmp_path, SPACE.replace(f"epochs = {EPOCHS}", "epochs = 10")))
+    rungs = [1, 3, 9]  # ASHA's at 10 epochs
 
     def trial(number, rate, epochs, accuracy, status="stopped early"):
-        return search.Trial(number, f"id{number}", {"learning_rate": rate, "dropout": 0.5},
+        return search_report.Trial(number, f"id{number}", {"learning_rate": rate, "dropout": 0.5},
                             epochs, accuracy, status)  # fmt: skip
 
     base = trial(1, 1e-3, 10, 0.546, "complete")
     runner = trial(2, 7e-4, 9, 0.532)
     diverged = trial(3, 9e-3, 1, 0.9, "failed: Training diverged")
-    text = search.summarise(space, [base, runner, diverged], base, 0.543, 20, 30)
+    text = search_report.summarise(space, [base, runner, diverged], base, 0.543, 20, 30, rungs)
     lines = text.splitlines()
     assert [line.split(" (")[0] for line in lines[1:4]] == ["trial 1", "trial 2", "trial 3"]
     assert "Best trial: 1 (learning_rate=0.001, dropout=0.5), val accuracy 54.60%; its test " \
@@ -161,12 +162,12 @@ def test_the_summary_ranks_trials_and_weighs_the_best_against_the_bases_settings
         "9 epochs, -1.40 points." in text
     assert "ASHA ran 20 of 30 epochs (3 trials × 10): 33% of the compute saved." in text
     better = trial(2, 7e-4, 10, 0.561, "complete")
-    assert "at the same 10 epochs: +1.50 points of validation accuracy." in search.summarise(
-        space, [base, better], better, 0.55, 20, 20)
+    assert "at the same 10 epochs: +1.50 points of validation accuracy." in search_report.summarise(
+        space, [base, better], better, 0.55, 20, 20, rungs)
     stopped_base = trial(1, 1e-3, 3, 0.45)
     assert "reached 45.00% before ASHA stopped it after 3 epochs; the best trial is +11.10 " \
-        "points above that." in search.summarise(space, [stopped_base, better], better, 0.55,
-                                                  13, 20)  # fmt: skip
+        "points above that." in search_report.summarise(space, [stopped_base, better], better,
+                                                         0.55, 13, 20, rungs)  # fmt: skip
 
 
 def history_rows(accuracies: list[float]) -> list[dict]:
