@@ -21,6 +21,7 @@ from cifarlab.data.dataset import Dataset
 from cifarlab.data.dataset import load as load_data
 from cifarlab.errors import UserError
 from cifarlab.plans import RayOptions, StudyPlan
+from cifarlab.scale.space import SearchSpace  # Reads TOML; imports nothing heavy.
 from cifarlab.views import Run, Study
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def study(
 
 
 def search(
-    space: str | Path,
+    space: str | Path | SearchSpace,
     path: str | Path | None = None,
     trials: int = 10,
     out: str | Path = "runs/search",
@@ -210,10 +211,11 @@ def search(
     experiments_file: str | Path | None = None,
     **overrides: object,
 ):
-    """Search the settings the TOML file `space` samples on Ray Tune (Optuna proposes, ASHA
-    stops the trials that lag) with the data at `path`, into the search folder `out`, or resume
-    the search there; the result names every trial, the best and its test accuracy (see
-    `cifarlab.scale.search`). `overrides` are fixed settings (`epochs=5`), never sampled ones."""
+    """Search the settings the TOML file `space` (or a `SearchSpace` already loaded) samples
+    on Ray Tune (Optuna proposes, ASHA stops the trials that lag) with the data at `path`, into
+    the search folder `out`, or resume the search there; the result names every trial, the best
+    and its test accuracy (see `cifarlab.scale.search`). `overrides` are fixed settings
+    (`epochs=5`), never sampled ones, and apply to a space read from a file."""
     from cifarlab import builders
     from cifarlab.scale import space as spaces
 
@@ -222,7 +224,8 @@ def search(
     except ModuleNotFoundError as error:
         raise UserError("Searching needs Ray Tune and Optuna; install them with: "
                         "pip install 'cifarlab[tune]'.") from error  # fmt: skip
-    loaded = spaces.load_space(space, experiments_file, **overrides)
+    loaded = space if isinstance(space, spaces.SearchSpace) else (
+        spaces.load_space(space, experiments_file, **overrides))  # fmt: skip
     loaded = replace(loaded, base=builders.record_builder(loaded.base))
     return searching.search(loaded, path, trials, out, ray, not quiet, tensorboard)
 

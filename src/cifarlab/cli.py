@@ -142,16 +142,15 @@ def _sweep(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from cifarlab.scale import space as spaces
 
-    overrides = _training_overrides(args)
     # The space's mistakes are answered before the data, TensorFlow or Ray load.
-    spaces.load_space(args.space, args.experiments, **overrides)
+    space = spaces.load_space(args.space, args.experiments, **_training_overrides(args))
     preflight.check_data(args)
     preflight.check_output_folder(args.out)
     preflight.quiet_tensorflow(args.verbose)
     from cifarlab import api
 
-    result = api.search(args.space, args.data, args.trials, args.out, ray_options(args),
-                        args.quiet, args.tensorboard, args.experiments, **overrides)  # fmt: skip
+    result = api.search(space, args.data, args.trials, args.out, ray_options(args), args.quiet,
+                        args.tensorboard)  # fmt: skip
     print(result.text)
     print(f"Search folder: {result.folder}")
     _track(args, result.trial_folders, f"search {result.folder}")
