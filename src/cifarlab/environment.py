@@ -1,10 +1,12 @@
 """What a run ran on: backend, library versions, hardware, and the numeric precision chosen.
 
-`resolve_precision("auto")` picks mixed bfloat16 where the hardware runs it fast (a GPU of
-compute capability 8 or later, or a CPU with AMX tiles under TensorFlow) and float32 everywhere
-else. AVX-512 BF16 alone is not enough: on a Sapphire Rapids CPU without AMX, oneDNN's bfloat16
-convolutions measured about half the speed of float32 ones, and a full-data `batchnorm` epoch
-ran at 0.71× the float32 speed (bench/README.md).
+`resolve_precision("auto")` picks mixed bfloat16 where the hardware runs it fast and float32
+everywhere else. Fast means, measured (bench/README.md, `precision.py`): a GPU of compute
+capability 8 or later; a CPU with AMX tiles; an AMD CPU of family 26 (Zen 5) with AVX-512 BF16,
+where bfloat16 epochs ran 1.4-1.5 times as fast as float32 ones. AVX-512 BF16 alone is not
+enough: on a Sapphire Rapids CPU without AMX oneDNN's bfloat16 convolutions ran at about half
+the float32 speed, and on an AVX2-only CPU bfloat16 is emulated, 7-8 times slower. Other CPUs
+(an AMD Zen 4 among them) are not measured, so they keep float32.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import keras
 
 from cifarlab.errors import UserError
 
+_ZEN5_FAMILY = 26  # AMD's family number for Zen 5 (0x1A); Zen 4 is 25.
 _POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
@@ -45,9 +48,20 @@ def choose_precision(requested: str) -> tuple[str, str]:
         return "float32", "auto: a GPU without fast bfloat16"
     if keras.backend.backend() != "tensorflow":
         return "float32", f"auto: a CPU under {keras.backend.backend()}"
-    if "amx_bf16" in cpu_flags():
-        return "bfloat16", "auto: a CPU with AMX bfloat16 tiles"
-    return "float32", "auto: a CPU without AMX, where bfloat16 measured slower"
+    fast = fast_cpu_bfloat16(cpu_flags(), *cpu_model())
+    if fast is None:
+        return "float32", "auto: a CPU where bfloat16 is not measured faster than float32"
+    return "bfloat16", f"auto: {fast}"
+
+
+def fast_cpu_bfloat16(flags: frozenset[str], vendor: str, family: int) -> str | None:
+    """Why bfloat16 trains faster than float32 on a CPU described so, or None where it does not
+    (or was never measured to)."""
+    if "amx_bf16" in flags:
+        return "a CPU with AMX bfloat16 tiles"
+    if "avx512_bf16" in flags and vendor == "AuthenticAMD" and family >= _ZEN5_FAMILY:
+        return "an AMD CPU of family 26 or later with AVX-512 BF16, measured 1.4x float32's speed"
+    return None
 
 
 @functools.cache
@@ -59,6 +73,22 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+@functools.cache
+def cpu_model() -> tuple[str, int]:
+    """The CPU's vendor ("GenuineIntel", "AuthenticAMD") and family number, or ("", 0)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not key.strip():  # The first processor's block ends here.
+                break
+    except OSError:
+        pass
+    family = fields.get("cpu family", "")
+    return fields.get("vendor_id", ""), int(family) if family.isdigit() else 0
 
 
 @functools.cache
