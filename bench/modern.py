@@ -75,7 +75,7 @@ def main() -> int:
     args = parser.parse_args()
     config = configs.override(configs.MODERN, epochs=args.epochs, precision=args.precision)
     dataset = data.load_for(config, args.data, quiet=True)
-    precision, _ = environment.choose_precision(config.precision)
+    precision, _ = environment.choose_precision(config.precision, config)
     print(f"modern on {dataset!r}, {precision}, {environment.cpu_name()}", flush=True)
     clock = TestAccuracyClock(dataset.x_test, dataset.y_test, args.target, config)
     metrics = training.train_and_evaluate(

@@ -64,7 +64,9 @@ def main() -> None:
           f"{'bf16 speed':>10}")  # fmt: skip
     for name, single, half in rows:
         print(f"{name:<10}  {single!s:<26}  {half!s:<26}  {single.median / half.median:>9.2f}x")
-    print(f"`--precision auto` picks {environment.resolve_precision('auto')} here.")
+    picks = ", ".join(f"{name} {environment.resolve_precision('auto', configs.experiment(name))}"
+                      for name in args.experiments)  # fmt: skip
+    print(f"`--precision auto` picks here: {picks}.")
 
 
 def parse_args() -> argparse.Namespace:

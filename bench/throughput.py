@@ -104,7 +104,7 @@ def compute_seconds(config: configs.Config, dataset: data.Dataset) -> tuple[floa
     """Seconds of one epoch's training steps and validation steps of cifarlab's model, each on
     one cached batch of cifarlab's own input pipeline (scaled, one-hot, augmented if the
     experiment augments), with nothing else around them."""
-    precision = environment.resolve_precision(config.precision)
+    precision = environment.resolve_precision(config.precision, config)
     keras.utils.set_random_seed(config.seed)
     model = models.build_model(config, dataset.num_classes, environment.dtype_policy(precision))
     models.compile_model(model, config, steps_per_execution=training.steps_per_execution())

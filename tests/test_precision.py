@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cifarlab import config as configs
 from cifarlab import environment
 
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
@@ -57,3 +58,28 @@ def test_auto_follows_the_rule_on_this_machine_and_says_why():
     assert precision == ("bfloat16" if fast else "float32")
     assert reason.startswith("auto: ") and (fast is None or fast in reason)
     assert environment.choose_precision("float32") == ("float32", "as asked")
+
+
+@pytest.mark.parametrize("name", ["baseline", "augmented", "batchnorm", "modern"])
+def test_auto_keeps_float32_for_the_notebooks_batch_normalized_network_alone(name):
+    experiment = configs.experiment(name)
+    precision, reason = environment.choose_precision("auto", experiment)
+    if name == "batchnorm":
+        assert precision == "float32" and "batch normalization" in reason
+    else:  # As the machine gives any network: bfloat16 where it is fast.
+        assert (precision, reason) == environment.choose_precision("auto")
+    # Asked for, bfloat16 is what runs, whatever the network.
+    assert environment.choose_precision("bfloat16", experiment) == ("bfloat16", "as asked")
+
+
+def test_the_exception_is_the_network_not_batch_normalization_or_the_name():
+    batchnorm = configs.experiment("batchnorm")
+    assert environment.loses_accuracy_in_bfloat16(batchnorm)
+    # Batch normalization added to baseline by a user's experiment: the same network.
+    assert environment.loses_accuracy_in_bfloat16(
+        configs.override(configs.BASELINE, name="mine", batch_norm=True)
+    )
+    assert not environment.loses_accuracy_in_bfloat16(configs.MODERN)  # Residual, with BN.
+    assert not environment.loses_accuracy_in_bfloat16(configs.BASELINE)
+    own = configs.override(batchnorm, model="tests.custom_models:small_network")
+    assert not environment.loses_accuracy_in_bfloat16(own)  # A user's network: not measured.

@@ -14,7 +14,7 @@ import pytest
 
 from cifarlab import cli, load_data
 from cifarlab import environment as cifarlab_environment
-from cifarlab.run_folder import read_history
+from cifarlab.run_folder import read_config, read_history
 from tests.conftest import kill_once_backed_up, write_cifar10_archive
 
 EXPERIMENTS = ("baseline", "augmented", "batchnorm")
@@ -54,7 +54,7 @@ def test_run_folder_has_the_contract_files(runs, name):
     assert json.loads((folder / "config.json").read_text())["name"] == name
     environment = json.loads((folder / "environment.json").read_text())
     # --precision auto: the precision chosen, and why, are recorded with the run.
-    chosen = cifarlab_environment.choose_precision("auto")
+    chosen = cifarlab_environment.choose_precision("auto", read_config(folder))
     assert (environment["precision"], environment["precision_reason"]) == chosen
 
 

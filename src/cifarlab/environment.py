@@ -1,12 +1,14 @@
 """What a run ran on: backend, library versions, hardware, and the numeric precision chosen.
 
-`resolve_precision("auto")` picks mixed bfloat16 where the hardware runs it fast and float32
-everywhere else. Fast means, measured (bench/README.md, `precision.py`): a GPU of compute
-capability 8 or later; a CPU with AMX tiles; an AMD CPU of family 26 (Zen 5) with AVX-512 BF16,
-where bfloat16 epochs ran 1.4-1.5 times as fast as float32 ones. AVX-512 BF16 alone is not
-enough: on a Sapphire Rapids CPU without AMX oneDNN's bfloat16 convolutions ran at about half
-the float32 speed, and on an AVX2-only CPU bfloat16 is emulated, 7-8 times slower. Other CPUs
-(an AMD Zen 4 among them) are not measured, so they keep float32.
+`resolve_precision("auto", config)` picks mixed bfloat16 where the hardware runs it fast and
+the network learns as well in it, float32 everywhere else. Fast means, measured (bench/README.md,
+`precision.py`): a GPU of compute capability 8 or later; a CPU with AMX tiles; an AMD CPU of
+family 26 (Zen 5) with AVX-512 BF16, where bfloat16 epochs ran 1.4-1.5 times as fast as float32
+ones. AVX-512 BF16 alone is not enough: on a Sapphire Rapids CPU without AMX oneDNN's bfloat16
+convolutions ran at about half the float32 speed, and on an AVX2-only CPU bfloat16 is emulated,
+7-8 times slower. Other CPUs (an AMD Zen 4 among them) are not measured, so they keep float32.
+The notebook's network with batch normalization keeps float32 everywhere: it learned about 2
+points less in bfloat16 (`parity.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import keras
 
+from cifarlab.config import Config
 from cifarlab.errors import UserError
 
 _ZEN5_FAMILY = 26  # AMD's family number for Zen 5 (0x1A); Zen 4 is 25.
@@ -32,16 +35,24 @@ def dtype_policy(precision: str) -> str | None:
     return _POLICIES[precision]
 
 
-def resolve_precision(requested: str) -> str:
-    """`requested` itself, or for "auto" the fastest precision this machine trains well in."""
-    return choose_precision(requested)[0]
+def resolve_precision(requested: str, config: Config | None = None) -> str:
+    """`requested` itself, or for "auto" the fastest precision this machine trains `config`
+    well in."""
+    return choose_precision(requested, config)[0]
 
 
-def choose_precision(requested: str) -> tuple[str, str]:
-    """The precision to train in and why, in words, for the run's record and report."""
+def choose_precision(requested: str, config: Config | None = None) -> tuple[str, str]:
+    """The precision to train `config` in and why, in words, for the run's record and report.
+
+    Without a config, what the machine gives a network that bfloat16 does not harm."""
     if requested != "auto":
         dtype_policy(requested)
         return requested, "as asked"
+    if config is not None and loses_accuracy_in_bfloat16(config):
+        return "float32", (
+            "auto: the notebook's network with batch normalization, 1.4-2.1 points less accurate "
+            "in bfloat16 (bench/parity.py)"
+        )
     if gpu_name() is not None:
         if _gpu_supports_bfloat16():
             return "bfloat16", "auto: a GPU with fast bfloat16"
@@ -52,6 +63,14 @@ def choose_precision(requested: str) -> tuple[str, str]:
     if fast is None:
         return "float32", "auto: a CPU where bfloat16 is not measured faster than float32"
     return "bfloat16", f"auto: {fast}"
+
+
+def loses_accuracy_in_bfloat16(config: Config) -> bool:
+    """Whether `config` trains the network measured to learn less in bfloat16: the notebook's
+    with batch normalization (`batchnorm`, Adam at 1e-2), about 2 points of validation accuracy
+    below float32 over seeds on an AMX Xeon and on a Zen 5 EPYC alike. The notebook's network
+    without it and modern's residual one learn as well in bfloat16 as in float32."""
+    return config.batch_norm and config.network == "notebook" and not config.model
 
 
 def fast_cpu_bfloat16(flags: frozenset[str], vendor: str, family: int) -> str | None:

@@ -85,7 +85,7 @@ def _train(config, run_dir, data, overwrite, quiet, tensorboard, callbacks) -> N
     # A run from before data was recorded keeps no record rather than a guessed one.
     record_data = prepare_folder(config, run_dir, data, overwrite)
     keras.utils.set_random_seed(config.seed)
-    precision, reason = environment.choose_precision(config.precision)
+    precision, reason = environment.choose_precision(config.precision, config)
     model = models.build_model(config, data.num_classes, environment.dtype_policy(precision))
     models.adapt(model, input_pipeline.scale(data.x_train[: models.ADAPT_SAMPLE]))
     steps = input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
