@@ -135,18 +135,22 @@ def mutate(module: str, root: Path, workers: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modules", nargs="*", default=list(SELECTIONS), choices=list(SELECTIONS),
-                        metavar="MODULE", help="src/cifarlab's modules (default: all)")  # fmt: skip
+    parser.add_argument("modules", nargs="*", metavar="MODULE",
+                        help=f"src/cifarlab's modules: {', '.join(SELECTIONS)} (default: all)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--keep", type=Path, help="a scratch folder to keep (default: temporary)")
     parser.add_argument("--json", type=Path, help="write the figures and survivors here")
     args = parser.parse_args()
+    # Checked here: Python 3.11's argparse refuses an empty `nargs="*"` list given `choices`.
+    unknown = [module for module in args.modules if module not in SELECTIONS]
+    if unknown:
+        parser.error(f"unknown module {unknown[0]!r}; choose from {', '.join(SELECTIONS)}")
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="cifarlab-mutation-"))
     root.mkdir(parents=True, exist_ok=True)
     reports = []
     try:
-        for module in args.modules:
+        for module in args.modules or list(SELECTIONS):
             report = mutate(module, root, args.workers)
             reports.append(report)
             killed = report["counts"].get("killed", 0)
