@@ -387,3 +387,23 @@ def test_a_run_with_patience_stops_where_keras_rule_says_and_resumes_counting(ti
     improved = [loss < min(losses[:index], default=math.inf) for index, loss in enumerate(losses)]
     expected = improved.index(False) + 1 if False in improved else patient.epochs
     assert len(losses) == expected == metrics["epochs_run"]
+
+
+def test_a_resumed_run_keeps_the_checkpoint_of_an_earlier_lower_loss(tiny_archive, tmp_path):
+    # Epoch 1's validation loss, made 1e-9 by hand, is one no later epoch can beat (Keras clips
+    # probabilities to 1 - 1e-7, so a cross-entropy stays above about 1e-7): the resume must go
+    # on from that lowest loss, not save epoch 2 as the first it sees.
+    run_config = configs.override(SHORT, epochs=3)
+    data = dataset.load_for(run_config, tiny_archive)
+    run = tmp_path / "run"
+    with pytest.raises(_InterruptedError):
+        training.train_and_evaluate(run_config, run, data, quiet=True,
+                                    callbacks=[_InterruptAfterFirstEpoch()])  # fmt: skip
+    header, row = (run / run_folder.HISTORY).read_text().splitlines()
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    values["val_loss"] = "1e-09"
+    write_text(run / run_folder.HISTORY, f"{header}\n{','.join(values.values())}\n")
+    epoch_1 = (run / run_folder.BEST_MODEL).read_bytes()
+    metrics = training.train_and_evaluate(run_config, run, data, quiet=True)
+    assert (run / run_folder.BEST_MODEL).read_bytes() == epoch_1
+    assert metrics["best_epoch"] == 1 and metrics["epochs_run"] == 3
