@@ -407,3 +407,26 @@ def test_a_resumed_run_keeps_the_checkpoint_of_an_earlier_lower_loss(tiny_archiv
     metrics = training.train_and_evaluate(run_config, run, data, quiet=True)
     assert (run / run_folder.BEST_MODEL).read_bytes() == epoch_1
     assert metrics["best_epoch"] == 1 and metrics["epochs_run"] == 3
+
+
+class _InterruptAfterSecondEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise _InterruptedError
+
+
+def test_a_backup_keeps_the_previous_epochs_pair_for_a_kill_mid_save(tiny_archive, tmp_path):
+    # The pair `_repair_backup` falls back on: Keras's double checkpoint keeps epoch 1's weights
+    # and number beside epoch 2's.
+    run_config = configs.override(SHORT, epochs=3)
+    data = dataset.load_for(run_config, tiny_archive)
+    run = tmp_path / "run"
+    with pytest.raises(_InterruptedError):
+        training.train_and_evaluate(run_config, run, data, quiet=True,
+                                    callbacks=[_InterruptAfterSecondEpoch()])  # fmt: skip
+    backup = run / run_folder.BACKUP
+    for suffix, epoch in (("", 2), (".bkp", 1)):
+        metadata = json.loads((backup / f"training_metadata.json{suffix}").read_text())
+        assert metadata["epoch"] == epoch
+        with h5py.File(backup / f"latest.weights.h5{suffix}", "r"):
+            pass
