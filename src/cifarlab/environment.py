@@ -84,41 +84,32 @@ def fast_cpu_bfloat16(flags: frozenset[str], vendor: str, family: int) -> str | 
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-@functools.cache
-def cpu_model() -> tuple[str, int]:
-    """The CPU's vendor ("GenuineIntel", "AuthenticAMD") and family number, or ("", 0)."""
-    fields = {}
+def _first_processor() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("flags", "vendor_id", ...), or none."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
             if not key.strip():  # The first processor's block ends here.
                 break
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    family = fields.get("cpu family", "")
-    return fields.get("vendor_id", ""), int(family) if family.isdigit() else 0
+    return fields
 
 
-@functools.cache
+def cpu_flags() -> frozenset[str]:
+    return frozenset(_first_processor().get("flags", "").split())
+
+
+def cpu_model() -> tuple[str, int]:
+    """The CPU's vendor ("GenuineIntel", "AuthenticAMD") and family number, or ("", 0)."""
+    family = _first_processor().get("cpu family", "")
+    return _first_processor().get("vendor_id", ""), int(family) if family.isdigit() else 0
+
+
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _first_processor().get("model name") or platform.processor() or platform.machine()
 
 
 @functools.cache
