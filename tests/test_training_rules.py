@@ -273,11 +273,27 @@ class _InterruptedError(Exception):
 
 
 class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
-    """A kill early in epoch 2, after the stock callbacks (the backup among them) saw epoch 1."""
+    """A kill early in epoch 2 (or after `epochs`), after the stock callbacks (the backup among
+    them) saw epoch 1."""
+
+    def __init__(self, epochs: int = 1):
+        super().__init__()
+        self.epochs = epochs
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
+        if epoch + 1 == self.epochs:
             raise _InterruptedError
+
+
+def _interrupted_run(tiny_archive, tmp_path, epochs: int = 1):
+    """A 3-epoch SHORT run interrupted after `epochs`: its config, data and folder."""
+    run_config = configs.override(SHORT, epochs=3)
+    data = dataset.load_for(run_config, tiny_archive)
+    run = tmp_path / "run"
+    with pytest.raises(_InterruptedError):
+        training.train_and_evaluate(run_config, run, data, quiet=True,
+                                    callbacks=[_InterruptAfterFirstEpoch(epochs)])  # fmt: skip
+    return run_config, data, run
 
 
 def test_a_run_records_what_it_trained_and_is_not_redone_unasked(tiny_archive, tmp_path, caplog):
@@ -393,12 +409,7 @@ def test_a_resumed_run_keeps_the_checkpoint_of_an_earlier_lower_loss(tiny_archiv
     # Epoch 1's validation loss, made 1e-9 by hand, is one no later epoch can beat (Keras clips
     # probabilities to 1 - 1e-7, so a cross-entropy stays above about 1e-7): the resume must go
     # on from that lowest loss, not save epoch 2 as the first it sees.
-    run_config = configs.override(SHORT, epochs=3)
-    data = dataset.load_for(run_config, tiny_archive)
-    run = tmp_path / "run"
-    with pytest.raises(_InterruptedError):
-        training.train_and_evaluate(run_config, run, data, quiet=True,
-                                    callbacks=[_InterruptAfterFirstEpoch()])  # fmt: skip
+    run_config, data, run = _interrupted_run(tiny_archive, tmp_path)
     header, row = (run / run_folder.HISTORY).read_text().splitlines()
     values = dict(zip(header.split(","), row.split(","), strict=True))
     values["val_loss"] = "1e-09"
@@ -409,22 +420,10 @@ def test_a_resumed_run_keeps_the_checkpoint_of_an_earlier_lower_loss(tiny_archiv
     assert metrics["best_epoch"] == 1 and metrics["epochs_run"] == 3
 
 
-class _InterruptAfterSecondEpoch(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise _InterruptedError
-
-
 def test_a_backup_keeps_the_previous_epochs_pair_for_a_kill_mid_save(tiny_archive, tmp_path):
     # The pair `_repair_backup` falls back on: Keras's double checkpoint keeps epoch 1's weights
     # and number beside epoch 2's.
-    run_config = configs.override(SHORT, epochs=3)
-    data = dataset.load_for(run_config, tiny_archive)
-    run = tmp_path / "run"
-    with pytest.raises(_InterruptedError):
-        training.train_and_evaluate(run_config, run, data, quiet=True,
-                                    callbacks=[_InterruptAfterSecondEpoch()])  # fmt: skip
-    backup = run / run_folder.BACKUP
+    backup = _interrupted_run(tiny_archive, tmp_path, epochs=2)[2] / run_folder.BACKUP
     for suffix, epoch in (("", 2), (".bkp", 1)):
         metadata = json.loads((backup / f"training_metadata.json{suffix}").read_text())
         assert metadata["epoch"] == epoch
