@@ -79,9 +79,14 @@ def finished_run(trained_once, tmp_path) -> Path:
 def test_train_modern_records_and_uses_its_recipes_validation_share(tiny_archive, tmp_path):
     out = tmp_path / "modern"
     assert cifarlab("train", "modern", "--data", tiny_archive, "--out", out, *FAST) == 0
-    assert stored(out)["val_fraction"] == 0.02
-    # 2% of 80 images, at least one of each class: 10, where the 0.2 default would hold 20.
-    assert stored(out, "dataset.json")["images"]["val"] == 10
+    assert (stored(out)["val_fraction"], stored(out)["max_val_images"]) == (0.2, 1000)
+    # 20% of 80 images, under modern's limit of 1,000.
+    assert stored(out, "dataset.json")["images"]["val"] == 20
+    # 60 images to learn from: its batch of 1,024 halved to 2 for 16 steps an epoch or more,
+    # and its learning rate with it.
+    environment = stored(out, "environment.json")
+    assert (environment["batch_size"], environment["learning_rate"]) == (2, 0.9 * 2 / 1024)
+    assert stored(out)["batch_size"] == 1024  # The config is what was declared.
 
 
 def test_a_toml_files_split_and_precision_take_effect_and_flags_override_them(
@@ -131,15 +136,16 @@ def test_a_study_gives_each_experiment_its_own_split_and_image_size(tiny_archive
     declared = tmp_path / "mixed.toml"
     declared.write_text(
         "[experiments.baseline]\n[experiments.modern]\n"
+        '[experiments.capped]\nbase = "modern"\nmax_val_images = 10\n'
         '[experiments.larger]\nbase = "baseline"\nimage_size = 40\n'
     )
     out = tmp_path / "study"
     assert cifarlab("study", "--experiments", declared, "--data", tiny_archive, "--out", out,
                     *FAST) == 0  # fmt: skip
     validation = {name: stored(out / name, "dataset.json")["images"]["val"]
-                  for name in ("baseline", "modern", "larger")}  # fmt: skip
-    assert validation == {"baseline": 20, "modern": 10, "larger": 20}
-    assert stored(out / "modern")["val_fraction"] == 0.02
+                  for name in ("baseline", "modern", "capped", "larger")}  # fmt: skip
+    assert validation == {"baseline": 20, "modern": 20, "capped": 10, "larger": 20}
+    assert stored(out / "capped")["max_val_images"] == 10
     assert "(None, 40, 40, 3)" in (out / "larger" / "summary.txt").read_text()
     assert "(None, 32, 32, 3)" in (out / "baseline" / "summary.txt").read_text()
 

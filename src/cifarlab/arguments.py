@@ -107,8 +107,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                         f"(default: {_DEFAULT.seed})")  # fmt: skip
     parser.add_argument("--val-fraction", type=fraction,
                         help="share of the training images held out for validation (default: "
-                        f"the experiment's, {_DEFAULT.val_fraction} for all but modern's "
-                        f"{configs.MODERN.val_fraction})")  # fmt: skip
+                        f"the experiment's, {_DEFAULT.val_fraction}; modern holds out at most "
+                        f"{configs.MODERN.max_val_images:,} images)")  # fmt: skip
     parser.add_argument("--test-fraction", type=fraction,
                         help="share held out for testing from class folders without a test/ "
                         f"folder (default: {_DEFAULT.test_fraction})")  # fmt: skip
@@ -139,9 +139,12 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     add_precision_options(parser)
     parser.add_argument("--batch-size", type=positive_int,
-                        help="images per training step (default: 32; batchnorm 64)")  # fmt: skip
+                        help="images per training step (default: 32; batchnorm 64; modern "
+                        "1024, halved on small data until an epoch has "
+                        f"{configs.MODERN.min_steps_per_epoch} steps)")  # fmt: skip
     parser.add_argument("--learning-rate", type=positive_float,
-                        help="Adam step size (default: 1e-3; batchnorm 1e-2)")  # fmt: skip
+                        help="peak step size, for the batch size given (default: 1e-3; "
+                        "batchnorm 1e-2; modern 0.9, scaled with its batch)")  # fmt: skip
 
 
 def add_ray_options(parser: argparse.ArgumentParser, *aliases: str) -> None:

@@ -86,17 +86,23 @@ def _train(config, run_dir, data, overwrite, quiet, tensorboard, callbacks) -> N
     record_data = prepare_folder(config, run_dir, data, overwrite)
     keras.utils.set_random_seed(config.seed)
     precision, reason = environment.choose_precision(config.precision, config)
+    fitted = config.fitted_to(len(data.y_train))  # The config decides; the data's size scales.
+    if fitted is not config:
+        log.info("%s: a batch of %d at learning rate %.4g, so that %d training images make "
+                 "at least %d steps an epoch.", config.name, fitted.batch_size,
+                 fitted.learning_rate, len(data.y_train), config.min_steps_per_epoch)  # fmt: skip
     model = models.build_model(config, data.num_classes, environment.dtype_policy(precision))
     models.adapt(model, input_pipeline.scale(data.x_train[: models.ADAPT_SAMPLE]))
-    steps = input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
-    models.compile_model(model, config, steps, steps_per_execution())
+    steps = input_pipeline.steps_per_epoch(len(data.y_train), fitted.batch_size)
+    models.compile_model(model, fitted, steps, steps_per_execution())
     run_folder.write_json(run_dir / run_folder.CONFIG, config.to_dict())
     if record_data:
         run_folder.write_json(run_dir / run_folder.DATA, data.record())
     run_folder.write_json(
         run_dir / run_folder.ENVIRONMENT,
-        {**environment.record(precision, reason), "data": data.source},
-    )
+        {**environment.record(precision, reason), "data": data.source,
+         "batch_size": fitted.batch_size, "learning_rate": fitted.learning_rate},
+    )  # fmt: skip
     run_folder.write_text(run_dir / run_folder.MODEL_SUMMARY, models.summary(model))
     initial_epoch = _resume_epoch(run_dir, config)
     if 0 < initial_epoch < config.epochs:
@@ -110,7 +116,7 @@ def _train(config, run_dir, data, overwrite, quiet, tensorboard, callbacks) -> N
         )
     run_folder.write_history(run_dir, rows)
     if not training_over(rows, config):
-        diverged = _fit(model, config, data, run_dir, rows, quiet, tensorboard, callbacks)
+        diverged = _fit(model, fitted, data, run_dir, rows, quiet, tensorboard, callbacks)
         if diverged is not None:
             raise RunError(
                 f"Training diverged in {run_dir} (loss {diverged:.4g}; a uniform guess's "

@@ -108,6 +108,7 @@ def load(
     test_fraction: float = 0.2,
     quiet: bool = False,
     stratify: bool = False,
+    max_val_images: int = 0,
 ) -> Dataset:
     """The data at `path` (or `$CIFARLAB_DATA`), split, with images `image_size` pixels square.
 
@@ -116,9 +117,11 @@ def load(
     the per-user cache, else the official download. `test_fraction` applies only to
     class-folder datasets without a `test/` folder. The validation split is class-balanced for
     class folders, for standard sets under `SMALL_SUBSET` training images, and with `stratify`;
-    the full standard sets otherwise keep the notebook's random split.
+    the full standard sets otherwise keep the notebook's random split. `max_val_images` (if
+    set) caps the validation split.
     """
-    spec = DataSpec(dataset, image_size, val_fraction, test_fraction, stratify, seed)
+    spec = DataSpec(dataset, image_size, val_fraction, test_fraction, stratify, seed,
+                    max_val_images)
     return load_spec(path, spec, quiet)
 
 
@@ -134,14 +137,15 @@ def load_spec(path: str | Path | None, spec: DataSpec, quiet: bool = False) -> D
                 f"{path} is a folder of class folders, not {spec.dataset}; leave out --dataset."
             )
         loaded = load_folders(
-            path, spec.val_fraction, spec.seed, spec.image_size, spec.test_fraction, quiet
+            path, spec.val_fraction, spec.seed, spec.image_size, spec.test_fraction, quiet,
+            spec.max_val_images,
         )
     else:
         arrays = standard.read(spec.dataset, path, spec.image_size, quiet)
         loaded = split(
             arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test, arrays.class_names,
             arrays.source, spec.val_fraction, spec.seed, spec.dataset, arrays.notes,
-            spec.stratify,
+            spec.stratify, spec.max_val_images,
         )  # fmt: skip
     return dataclasses.replace(loaded, spec=spec)
 
@@ -163,21 +167,25 @@ def split(
     name: str = "cifar10",
     notes: dict | None = None,
     stratify: bool = False,
+    max_val_images: int = 0,
 ) -> Dataset:
-    """Hold out a seeded random `val_fraction` of the training images, as the notebook's step A;
-    the same share of every class when `stratify` or when the set is a small subset."""
+    """Hold out a seeded random `val_fraction` of the training images (but at most
+    `max_val_images`, if set), as the notebook's step A; the same share of every class when
+    `stratify` or when the set is a small subset."""
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must lie between 0 and 1, not {val_fraction}.")
-    num_val = int(val_fraction * len(y_train))
+    num_val = held_out_count(val_fraction, max_val_images, len(y_train))
     if num_val < 1 or num_val == len(y_train):
         raise UserError(f"{len(y_train)} training images are too few to hold out {val_fraction}.")
+    share = held_out_share(val_fraction, max_val_images, len(y_train))
+    limit = _limit_text(share, val_fraction, len(y_train))
     if stratify or len(y_train) < SMALL_SUBSET:
-        train, val = stratified_split(y_train, val_fraction, seed, class_names, "validation")
-        how = f"{val_fraction:.0%} of each class, seed {seed}"
+        train, val = stratified_split(y_train, share, seed, class_names, "validation")
+        how = f"{share:.0%} of each class{limit}, seed {seed}"
     else:
         order = np.random.default_rng(seed).permutation(len(y_train))
         val, train = order[:num_val], order[num_val:]
-        how = f"a random {val_fraction:.0%}, seed {seed}, as in the notebook"
+        how = f"a random {share:.0%}{limit}, seed {seed}, as in the notebook"
     return Dataset(
         x_train=x_train[train],
         y_train=y_train[train],
@@ -190,8 +198,26 @@ def split(
         name=name,
         notes={"val_fraction": val_fraction, "seed": seed, "stratify": stratify, "val_split": how,
                **(notes or {})},
-        spec=DataSpec(name, int(x_train.shape[1]), val_fraction, stratify=stratify, seed=seed),
+        spec=DataSpec(name, int(x_train.shape[1]), val_fraction, stratify=stratify, seed=seed,
+                      max_val_images=max_val_images),
     )  # fmt: skip
+
+
+def held_out_count(fraction: float, max_images: int, images: int) -> int:
+    """How many of `images` a split of `fraction` holds out, at most `max_images` if set."""
+    count = int(fraction * images)
+    return min(count, max_images) if max_images else count
+
+
+def held_out_share(fraction: float, max_images: int, images: int) -> float:
+    """The share of `images` a split holds out: `fraction`, or less where that would be more
+    than `max_images` (if set)."""
+    return max_images / images if max_images and fraction * images > max_images else fraction
+
+
+def _limit_text(share: float, fraction: float, images: int) -> str:
+    """" (N images, the limit)" where the limit lowered the share, else ""."""
+    return f" ({round(share * images):,} images, the limit)" if share < fraction else ""
 
 
 def _load_folder_archive(archive: Path, spec: DataSpec, quiet: bool = False) -> Dataset:
@@ -203,7 +229,8 @@ def _load_folder_archive(archive: Path, spec: DataSpec, quiet: bool = False) -> 
     if not folders.is_class_folder(root):
         raise UserError(f"{archive} holds images but not in one folder per class.")
     dataset = load_folders(
-        root, spec.val_fraction, spec.seed, spec.image_size, spec.test_fraction, quiet
+        root, spec.val_fraction, spec.seed, spec.image_size, spec.test_fraction, quiet,
+        spec.max_val_images,
     )
     name = archive.name.removesuffix(".gz").removesuffix(".tar").removesuffix(".tgz")
     return dataclasses.replace(dataset, source=str(archive), name=name)
@@ -216,23 +243,29 @@ def load_folders(
     image_size: int,
     test_fraction: float,
     quiet: bool = False,
+    max_val_images: int = 0,
 ) -> Dataset:
-    """A class-folder dataset, its missing test and validation splits carved out per class."""
+    """A class-folder dataset, its missing test and validation splits carved out per class
+    (the validation split at most `max_val_images`, if set)."""
     decoded = folders.read(root, image_size, quiet)
     # Splits are chosen as indices first, so each image is copied once into its split.
     chosen = {split: decoded.indices(split) for split in folders.SPLITS}
     notes = {"val_fraction": val_fraction, "seed": seed}
-    for split, fraction, purpose in (("test", test_fraction, "test"),
-                                     ("val", val_fraction, "validation")):  # fmt: skip
+    for split, fraction, limit, purpose in (("test", test_fraction, 0, "test"),
+                                            ("val", val_fraction, max_val_images,
+                                             "validation")):  # fmt: skip
         if len(chosen[split]):
             notes[f"{split}_split"] = f"the {split}/ folder"
             continue
         train = chosen["train"]
+        share = held_out_share(fraction, limit, len(train))
         keep, held = stratified_split(
-            decoded.labels[train], fraction, seed, decoded.class_names, purpose
+            decoded.labels[train], share, seed, decoded.class_names, purpose
         )
         chosen["train"], chosen[split] = train[keep], train[held]
-        notes[f"{split}_split"] = f"{fraction:.0%} of each class, carved out with seed {seed}"
+        notes[f"{split}_split"] = (f"{share:.0%} of each class"
+                                   f"{_limit_text(share, fraction, len(train))}, carved out "
+                                   f"with seed {seed}")  # fmt: skip
     notes["original_sizes"] = folders.size_summary(decoded.original_sizes)
     if decoded.skipped:
         notes["skipped"] = folders.skipped_summary(decoded.skipped)
@@ -243,7 +276,7 @@ def load_folders(
         x_train, y_train, x_val, y_val, x_test, y_test, decoded.class_names,
         source=str(root), name=root.resolve().name, notes=notes,
         spec=DataSpec(image_size=image_size, val_fraction=val_fraction,
-                      test_fraction=test_fraction, seed=seed),
+                      test_fraction=test_fraction, seed=seed, max_val_images=max_val_images),
     )  # fmt: skip
 
 

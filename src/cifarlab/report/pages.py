@@ -114,12 +114,17 @@ def context_lines(page: Page) -> list[tuple[str, str]]:
     return [
         ("Data", f"{environment.get('data', 'unknown')} ({first.metrics.get('dataset', '')}, "
                  f"{len(classes)} classes: {', '.join(classes)})"),
-        ("Split", f"{first.config.val_fraction:.0%} of the training images held out for "
-                  "validation; the test set is used only for the final scores"),
+        ("Split", f"{_held_out(first.config)} held out for validation; the test set is "
+                  "used only for the final scores"),
         ("Seed", ", ".join(seeds)),
         ("Hardware", "; ".join(hardware)),
         ("Versions", versions or "unknown"),
     ]  # fmt: skip
+
+
+def _held_out(config) -> str:
+    share = f"{config.val_fraction:.0%} of the training images"
+    return f"{share}, at most {config.max_val_images:,}," if config.max_val_images else share
 
 
 def hardware_line(environment: dict) -> str:
