@@ -42,7 +42,7 @@ SELECTIONS: dict[str, list[str]] = {
     "evaluation": ["tests/test_evaluation.py"],
     # In-process runs of a few seconds; the kill tests' runs are other processes, which mutmut
     # cannot map to the functions they reach.
-    "training": ["tests/test_training_rules.py"],
+    "training": ["tests/test_training_rules.py", "tests/test_scaling.py"],
 }
 
 
