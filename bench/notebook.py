@@ -21,7 +21,9 @@ Everything is the notebook's steps B–H as written there, float32:
   same default of one worker: each batch is augmented image by image with SciPy, in the
   training thread, between steps.
 
-The one deliberate difference is `verbose=0` instead of the notebook's progress bar. The
+The deliberate differences are `verbose=0` instead of the notebook's progress bar, and seeds:
+the weights and dropout are seeded (`keras.utils.set_random_seed`), the batch order of
+`model.fit(x, y)` is not, as in the notebook (see `fit`). The
 checkpoint goes to a scratch `.h5` file, as the notebook's did to Google Drive.
 """
 
@@ -52,7 +54,7 @@ from cifarlab.data.dataset import Dataset
 EXPERIMENTS = ("baseline", "augmented", "batchnorm")  # The notebook's steps E, F and H.
 
 
-def fit(config: Config, dataset: Dataset) -> dict:
+def fit(config: Config, dataset: Dataset, reshuffle: bool = True) -> dict:
     """Train `config` the notebook's way; its Keras history, with each epoch's `seconds`.
 
     `seconds` is `training.EpochTimer`'s, as in cifarlab's runs: training and validation,
@@ -67,6 +69,15 @@ def fit(config: Config, dataset: Dataset) -> dict:
     # This also seeds NumPy's global generator, which ImageDataGenerator draws from.
     keras.utils.set_random_seed(config.seed)
     model = network(config, dataset.x_train.shape[1:], dataset.num_classes)
+    if reshuffle:
+        # Keras 3 on TensorFlow orders NumPy arrays for `fit` with `tf.random.shuffle` in a
+        # tf.data map. Once TensorFlow's global seed is set (above), that draws the same order
+        # for every epoch (bench/fidelity.py). The notebook sets no seed, so its epochs are
+        # reshuffled; clearing the seed once the weights are drawn keeps that. Dropout's masks
+        # come from its own seeded generator, and ImageDataGenerator's order from NumPy's.
+        import tensorflow as tf
+
+        tf.random.set_seed(None)
     x_train, x_val = scaled(dataset.x_train), scaled(dataset.x_val)
     y_train_c = keras.utils.to_categorical(dataset.y_train, dataset.num_classes)
     y_val_c = keras.utils.to_categorical(dataset.y_val, dataset.num_classes)
