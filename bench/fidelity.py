@@ -36,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import harness  # noqa: E402
 import keras  # noqa: E402
 import notebook  # noqa: E402
+import numpy as np  # noqa: E402
 
 from cifarlab import config as configs  # noqa: E402
 from cifarlab import environment, input_pipeline, models  # noqa: E402
@@ -71,6 +72,30 @@ def cifarlab_network_notebook_fit(config: configs.Config, dataset: data.Dataset)
     return history.history
 
 
+def epoch_orders(seeded: bool, images: int = 8, epochs: int = 3) -> list[list[int]]:
+    """The order in which `model.fit(x, y, shuffle=True)` visits `images` NumPy samples in
+    each of `epochs` epochs, after `keras.utils.set_random_seed(0)`, with TensorFlow's global
+    seed kept (`seeded`) or cleared, as `notebook.fit` clears it."""
+    import tensorflow as tf
+
+    seen: list[int] = []
+
+    class Record(keras.layers.Layer):
+        def call(self, inputs, training=None):
+            if training:
+                seen.extend(int(value) for value in keras.ops.convert_to_numpy(inputs)[:, 0])
+            return inputs
+
+    keras.utils.set_random_seed(0)
+    if not seeded:
+        tf.random.set_seed(None)
+    model = keras.Sequential([keras.Input((1,)), Record(), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)  # Record runs in Python.
+    samples = np.arange(images, dtype="float32")[:, None]
+    model.fit(samples, samples, batch_size=images, epochs=epochs, shuffle=True, verbose=0)
+    return [seen[epoch * images : (epoch + 1) * images] for epoch in range(epochs)]
+
+
 WAYS = {
     "notebook, one order": functools.partial(notebook.fit, reshuffle=False),
     "notebook": notebook.fit,
@@ -90,6 +115,9 @@ def main() -> None:
     parser.add_argument("--ways", type=int, nargs="+", default=list(range(1, len(WAYS) + 1)))
     args = parser.parse_args()
     ways = {way: fit for number, (way, fit) in enumerate(WAYS.items(), 1) if number in args.ways}
+    for seeded in (True, False):
+        print(f"fit's order per epoch, TensorFlow's seed {'set' if seeded else 'cleared'}: "
+              f"{epoch_orders(seeded)}")  # fmt: skip
     dataset = harness.per_class(data.load(args.data, quiet=True), args.per_class)
     print(f"{environment.cpu_name()}; {args.experiment}, {args.epochs} epochs, float32, "
           f"{len(dataset.y_train):,} train / {len(dataset.y_val):,} val images", flush=True)
