@@ -6,6 +6,7 @@ the validation split, so that `modern` keeps its shape from 500 images per class
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cifarlab import config as configs
+from cifarlab import environment as cifarlab_environment
 from cifarlab import run_folder, training
 from cifarlab.data import dataset
 from cifarlab.errors import UserError
@@ -110,21 +112,40 @@ class _Recorder(keras.callbacks.Callback):
         self.rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-def test_a_run_trains_with_the_fitted_batch_and_records_both(tmp_path):
+def test_a_run_trains_with_the_fitted_batch_and_records_both(tmp_path, caplog):
     """60 training images and a batch of 64 that wants 4 steps an epoch: batch 16, rate / 4."""
     archive = write_cifar10_archive(tmp_path / "tiny.tar.gz")
-    config = replace(configs.BASELINE, epochs=2, batch_size=64, min_steps_per_epoch=4,
-                     learning_rate=1e-3, precision="float32")  # fmt: skip
+    # Batch normalization and `auto`: on a CPU fast in bfloat16, the config decides float32.
+    config = replace(configs.BATCHNORM, epochs=2, batch_size=64, min_steps_per_epoch=4,
+                     learning_rate=1e-3, precision="auto")  # fmt: skip
     data = dataset.load_for(config, archive, quiet=True)
     assert len(data.y_train) == 60  # 80 less 2 validation images of each class.
     recorder = _Recorder()
-    training.train_and_evaluate(config, tmp_path / "run", data, quiet=True, callbacks=[recorder])
+    with caplog.at_level(logging.INFO, logger="cifarlab"):
+        training.train_and_evaluate(config, tmp_path / "run", data, quiet=True,
+                                    callbacks=[recorder])  # fmt: skip
     assert (recorder.steps, recorder.rate) == (2 * 4, pytest.approx(1e-3 / 4))
+    said = [record.getMessage() for record in caplog.records if "a batch of" in record.getMessage()]
+    assert said == ["batchnorm: a batch of 16 at learning rate 0.00025, so that 60 training "
+                    "images make at least 4 steps an epoch."]  # fmt: skip
     # The config is what was declared; the batch and rate it came to are recorded beside it.
     assert run_folder.read_config(tmp_path / "run") == config
     environment = json.loads((tmp_path / "run" / run_folder.ENVIRONMENT).read_text())
     assert (environment["batch_size"], environment["learning_rate"]) == (16, pytest.approx(2.5e-4))
+    assert environment["precision"] == cifarlab_environment.choose_precision("auto", config)[0]
     # The same declaration on the same data is the same run: a second train resumes nothing
     # and is refused as finished, not as another config.
     with pytest.raises(UserError, match="holds a finished run"):
         training.train_and_evaluate(config, tmp_path / "run", data, quiet=True)
+
+
+def test_a_run_that_needs_no_scaling_says_nothing_of_it(tmp_path, caplog):
+    archive = write_cifar10_archive(tmp_path / "tiny.tar.gz")
+    config = replace(configs.BASELINE, epochs=1, batch_size=16, min_steps_per_epoch=4,
+                     precision="float32")  # fmt: skip
+    data = dataset.load_for(config, archive, quiet=True)
+    with caplog.at_level(logging.INFO, logger="cifarlab"):
+        training.train_and_evaluate(config, tmp_path / "run", data, quiet=True)
+    assert not [record for record in caplog.records if "a batch of" in record.getMessage()]
+    environment = json.loads((tmp_path / "run" / run_folder.ENVIRONMENT).read_text())
+    assert (environment["batch_size"], environment["learning_rate"]) == (16, 1e-3)
