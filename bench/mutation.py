@@ -75,10 +75,6 @@ def configure(copy: Path, module: str, tests: list[str]) -> None:
         # Keras and TensorFlow are not fork-safe once they have run: each mutant forks from a
         # server that has only collected the tests.
         "process_isolation": "forkserver",
-        # A mutant is stopped once its tests use 2 × 5 times their CPU time unmutated (plus
-        # 1 s); mutmut's default of 15 let each of data/folders' three mutants that hang a scan
-        # wait about 5 minutes. Stopped counts as detected, as mutmut's own score counts it.
-        "timeout_multiplier": 5.0,
         "use_git_change_detection": False,
         # The wording of messages is not mutated: a line that holds nothing but a string
         # literal without placeholders is part of a sentence (a placeholder's expression is).
