@@ -49,8 +49,8 @@ def test_batchnorm_has_bias_free_units_each_followed_by_normalization():
     for index, layer in enumerate(model.layers):
         if isinstance(layer, keras.layers.Conv2D) or layer.name == "features_linear":
             assert layer.use_bias is False
-            assert kinds[index + 1 : index + 3] == ["BatchNormalization", "Activation"]
-    assert kinds.count("BatchNormalization") == 5
+            assert kinds[index + 1 : index + 3] == ["FusedBatchNormalization", "Activation"]
+    assert kinds.count("FusedBatchNormalization") == 5
     assert kinds[-2:] == ["Dropout", "Dense"]
 
 

@@ -91,6 +91,9 @@ class Config:
     weight_decay: float = 0.0  # Decoupled weight decay per step, times the learning rate.
     schedule: str = "constant"  # constant, cosine (decay to 0), onecycle (warm-up, then cosine).
     label_smoothing: float = 0.0
+    # Every 5 steps, pull the weights toward a slow copy of them, more as training ends
+    # (airbench's lookahead; `models.Lookahead`).
+    lookahead: bool = False
     batch_size: int = 32  # Training images per step.
     # With fewer training images than this many batches, the batch is halved, and the learning
     # rate with it, until an epoch has this many steps (0: never; see `fitted_to`).
@@ -206,6 +209,7 @@ BATCHNORM = replace(
 # A modern recipe: a small residual network with batch normalization, SGD with Nesterov
 # momentum on a one-cycle schedule, label smoothing, flip and pad-and-crop augmentation, and
 # flip test-time augmentation (airbench and fastai's CIFAR-10 recipes, sized for a CPU).
+# Without airbench's lookahead: on full data it ended 0.48 points lower (one seed, 13 epochs).
 MODERN = replace(
     BASELINE,
     name="modern",

@@ -160,6 +160,9 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
         keras.callbacks.BackupAndRestore(run_dir / run_folder.BACKUP, double_checkpoint=True),
         divergence,
     ]
+    steps_per_epoch = input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
+    if config.lookahead:  # After BackupAndRestore, which restores the weights it starts from.
+        callbacks.append(models.Lookahead(config.epochs * steps_per_epoch))
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping(config.early_stopping_patience, rows))
     if tensorboard:
@@ -174,9 +177,7 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
     )  # fmt: skip
     validation = input_pipeline.evaluation_batches(data.x_val, data.y_val, data.num_classes)
     # A tf.data stream covers every remaining epoch; a PyDataset is one epoch long.
-    steps = None if isinstance(train, keras.utils.PyDataset) else (
-        input_pipeline.steps_per_epoch(len(data.y_train), config.batch_size)
-    )  # fmt: skip
+    steps = None if isinstance(train, keras.utils.PyDataset) else steps_per_epoch
     model.fit(
         train,
         epochs=config.epochs,

@@ -27,12 +27,12 @@ from cifarlab.models.inspection import (
     summary,
 )  # fmt: skip
 from cifarlab.models.networks import PatchWhitening, notebook_network, residual_network
-from cifarlab.models.optimizers import compile_model, learning_rate, optimizer
+from cifarlab.models.optimizers import Lookahead, compile_model, learning_rate, optimizer
 
 __all__ = [
-    "ADAPT_SAMPLE", "NETWORKS", "PatchWhitening", "adapt", "build_model", "compile_model",
-    "feature_extractor", "last_conv_layer", "learning_rate", "load_model", "notebook_network",
-    "optimizer", "residual_network", "summary",
+    "ADAPT_SAMPLE", "NETWORKS", "Lookahead", "PatchWhitening", "adapt", "build_model",
+    "compile_model", "feature_extractor", "last_conv_layer", "learning_rate", "load_model",
+    "notebook_network", "optimizer", "residual_network", "summary",
 ]  # fmt: skip
 
 NETWORKS = {"notebook": notebook_network, "residual": residual_network}

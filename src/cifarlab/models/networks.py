@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from cifarlab.config import Config
+from cifarlab.models.normalization import FusedBatchNormalization
 
 CLASSIFIER_SCALE = 0.125  # residual_network's features scaled before its classifier (Page, 2018).
 
@@ -50,7 +51,7 @@ def _conv_unit(x, filters: int, kernel_size: int, name: str, batch_norm: bool, d
                                    name=name, dtype=dtype_policy)(x)  # fmt: skip
     x = keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=False,
                             name=f"{name}_linear", dtype=dtype_policy)(x)  # fmt: skip
-    x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype_policy)(x)
+    x = FusedBatchNormalization(name=f"{name}_bn", dtype=dtype_policy)(x)
     return keras.layers.Activation("relu", name=name, dtype=dtype_policy)(x)
 
 
@@ -58,7 +59,7 @@ def _dense_unit(x, units: int, batch_norm: bool, dtype_policy):
     if not batch_norm:
         return keras.layers.Dense(units, activation="relu", name="features", dtype=dtype_policy)(x)
     x = keras.layers.Dense(units, use_bias=False, name="features_linear", dtype=dtype_policy)(x)
-    x = keras.layers.BatchNormalization(name="features_bn", dtype=dtype_policy)(x)
+    x = FusedBatchNormalization(name="features_bn", dtype=dtype_policy)(x)
     return keras.layers.Activation("relu", name="features", dtype=dtype_policy)(x)
 
 
@@ -123,7 +124,7 @@ def residual_network(
     the activation work on a quarter of the pixels."""
 
     def normalized(x, name):
-        x = keras.layers.BatchNormalization(momentum=0.9, scale=False, name=f"{name}_bn",
+        x = FusedBatchNormalization(momentum=0.9, scale=False, name=f"{name}_bn",
                                             dtype=dtype_policy)(x)  # fmt: skip
         return keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype_policy)(x)
 

@@ -46,3 +46,36 @@ def learning_rate(config: Config, steps_per_epoch: int):
             warmup_steps=warmup,
         )  # fmt: skip
     return config.learning_rate
+
+
+LOOKAHEAD_EVERY = 5  # Steps between lookahead updates (airbench).
+LOOKAHEAD_DECAY = 0.95**LOOKAHEAD_EVERY  # The slow weights' share at the last step.
+
+
+class Lookahead(keras.callbacks.Callback):
+    """Lookahead (Zhang et al., 2019) as airbench schedules it: every `LOOKAHEAD_EVERY` steps
+    the model's weights and normalization statistics become a blend of a slow copy and
+    themselves, the slow copy's share growing as the cube of training's progress (none at the
+    start, `LOOKAHEAD_DECAY` at the end); after the last step they are the slow copy. A resumed
+    run starts its slow copy from the restored weights, so it resumes after the step where
+    the two last met (at most `LOOKAHEAD_EVERY - 1` steps earlier)."""
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+
+    def on_train_begin(self, logs=None):
+        # After BackupAndRestore's on_train_begin: a resume starts from the restored weights.
+        self.variables = [v for v in self.model.variables if "float" in str(v.dtype)]
+        self.slow = [keras.ops.copy(v.value) for v in self.variables]
+        self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        last = self.step >= self.total_steps
+        if self.step % LOOKAHEAD_EVERY and not last:
+            return
+        share = 1.0 if last else LOOKAHEAD_DECAY * (self.step / self.total_steps) ** 3
+        for index, variable in enumerate(self.variables):
+            self.slow[index] = share * self.slow[index] + (1 - share) * variable.value
+            variable.assign(self.slow[index])
