@@ -70,6 +70,13 @@ def test_bfloat16_runs_in_the_fused_kernel_and_float32_in_keras_own_code(trainin
         assert fused_ops(ours, inputs, training) == []
 
 
+def test_an_epsilon_the_kernel_would_raise_keeps_keras_own_code():
+    layer = FusedBatchNormalization(epsilon=1e-6, dtype="mixed_bfloat16")
+    inputs = tf.zeros(SHAPES[0])
+    layer.build(SHAPES[0])
+    assert fused_ops(layer, inputs, training=True) == []
+
+
 def test_a_frozen_layer_normalizes_with_its_moving_averages():
     theirs, ours, inputs = pair("mixed_bfloat16", SHAPES[0], {}, seed=1)
     theirs.trainable = ours.trainable = False

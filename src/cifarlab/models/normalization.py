@@ -17,6 +17,7 @@ import keras
 from keras import ops
 
 HALF_PRECISION = ("bfloat16", "float16")  # Compute dtypes whose casts the fused kernel saves.
+FUSED_MIN_EPSILON = 1.001e-5  # TensorFlow raises a smaller epsilon to this, silently.
 
 
 @keras.saving.register_keras_serializable(package="cifarlab")
@@ -27,7 +28,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         fusable = (
             keras.backend.backend() == "tensorflow" and self.compute_dtype in HALF_PRECISION
             and mask is None and not self.renorm and len(inputs.shape) in (2, 4)
-            and self.axis in (-1, len(inputs.shape) - 1)
+            and self.axis in (-1, len(inputs.shape) - 1) and self.epsilon >= FUSED_MIN_EPSILON
         )  # fmt: skip
         if not fusable:
             return super().call(inputs, training=training, mask=mask)
