@@ -11,7 +11,7 @@ benchmark's own test evaluations. The run folder is a normal run: `cifarlab repo
 `serve` read it.
 
     python bench/modern.py --data ../shared/data/cifar10-jpeg.tar.gz
-    python bench/modern.py --data cifar-10-python.tar.gz --epochs 16 --target 0.90
+    python bench/modern.py --data cifar-10-python.tar.gz --epochs 16 --target 0.90 --seed 1
 """
 
 from __future__ import annotations
@@ -72,8 +72,11 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=configs.MODERN.epochs)
     parser.add_argument("--target", type=float, default=0.90)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--seed", type=int, default=configs.MODERN.seed)
     args = parser.parse_args()
-    config = configs.override(configs.MODERN, epochs=args.epochs, precision=args.precision)
+    config = configs.override(
+        configs.MODERN, epochs=args.epochs, precision=args.precision, seed=args.seed
+    )
     dataset = data.load_for(config, args.data, quiet=True)
     precision, _ = environment.choose_precision(config.precision, config)
     print(f"modern on {dataset!r}, {precision}, {environment.cpu_name()}", flush=True)
