@@ -125,7 +125,7 @@ def residual_network(
 
     def normalized(x, name):
         x = FusedBatchNormalization(momentum=0.9, scale=False, name=f"{name}_bn",
-                                            dtype=dtype_policy)(x)  # fmt: skip
+                                    dtype=dtype_policy)(x)  # fmt: skip
         return keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype_policy)(x)
 
     def convolution(x, filters, name):

@@ -2,14 +2,14 @@
 
 Keras's `BatchNormalization` computes in float32 with separate operations: under bfloat16 it
 casts every normalized tensor up and back down, and on TensorFlow those element-wise passes and
-their gradients took 40% of a training step of `modern`'s network (a batch of 1,024 on the
-2-core Sapphire Rapids Xeon: 1.28 s a step, 0.79 s without normalization, 0.79 s with
-TensorFlow's fused kernel; `bench/README.md`). `FusedBatchNormalization` is the same layer,
-with the same weights, the same arithmetic (statistics in float32) and the same moving
-averages, computed by TensorFlow's `FusedBatchNormV3` there. In float32, where nothing is cast,
-the fused kernel was 12% slower for `batchnorm` on an AVX2 EPYC, so Keras's own code runs, as
-it does on every other backend: a model file loads and runs everywhere.
-"""
+their gradients took a third of a training step of `modern`'s network (a batch of 1,024 on
+the 2-core Sapphire Rapids Xeon with AMX, `python bench/normalization.py`: 1.22 s a step,
+0.75 s without normalization, 0.78 s with TensorFlow's fused kernel; `bench/README.md`).
+`FusedBatchNormalization` is the same layer, with the same weights, the same arithmetic
+(statistics in float32) and the same moving averages, computed by TensorFlow's
+`FusedBatchNormV3` there. In float32, where nothing is cast, the fused kernel was 12% slower
+for `batchnorm` on an AVX2 EPYC, so Keras's own code runs, as it does on every other backend:
+a model file loads and runs everywhere."""
 
 from __future__ import annotations
 
