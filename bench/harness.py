@@ -58,8 +58,8 @@ def per_class(dataset: data.Dataset, images_per_class: int | None) -> data.Datas
     )  # fmt: skip
 
 
-def cifarlab_history(config: configs.Config, dataset: data.Dataset) -> dict[str, list]:
-    """`training.train_and_evaluate`'s history.csv as columns, from a scratch run folder.
+def cifarlab_run(config: configs.Config, dataset: data.Dataset) -> tuple[dict, list[dict]]:
+    """`training.train_and_evaluate` in a scratch run folder: its metrics and history.csv's rows.
 
     The run also evaluates its best checkpoint afterwards, untimed, as the CLI's does.
     """
@@ -70,10 +70,15 @@ def cifarlab_history(config: configs.Config, dataset: data.Dataset) -> dict[str,
     try:
         with tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as folder:
             with contextlib.redirect_stdout(io.StringIO()):
-                training.train_and_evaluate(config, folder, dataset, quiet=True)
-            rows = run_folder.read_history(folder)
+                metrics = training.train_and_evaluate(config, folder, dataset, quiet=True)
+            return metrics, run_folder.read_history(folder)
     finally:
         tensorflow_logger.setLevel(level)
+
+
+def cifarlab_history(config: configs.Config, dataset: data.Dataset) -> dict[str, list]:
+    """`cifarlab_run`'s history.csv as columns."""
+    _, rows = cifarlab_run(config, dataset)
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 

@@ -9,10 +9,10 @@ scratch copy of the repository (``src``, ``tests``, ``pyproject.toml``), never i
     python bench/mutation.py diagnosis run_folder  # some of them
     python bench/mutation.py --keep /tmp/mutation  # keep the scratch copy to inspect survivors
 
-It prints, per module, mutants, killed, survived and the time taken, then every survivor with
-its diff (``mutmut show``), and writes the same as JSON with ``--json``. Mutants that cannot
-change behaviour are not generated: their lines carry ``# pragma: no mutate`` with the reason
-beside it.
+It prints, per module, mutants, killed (those that timed out among them), survived and the
+time taken, then every survivor with its diff (``mutmut show``), and writes the same as JSON
+with ``--json``. Mutants that cannot change behaviour are not generated: their lines carry
+``# pragma: no mutate`` with the reason beside it.
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ SELECTIONS: dict[str, list[str]] = {
 WORDING = r"""^\s*[rfu]?("[^"{]*"|'[^'{]*')\s*[,)]*\s*(#.*)?$"""
 
 
+# What mutmut calls a mutant whose tests did not pass: a test failed, or the tests never ended
+# (a mutant that loops forever) or crashed. All three are caught; "no tests" and "survived" are
+# not.
+CAUGHT = ("killed", "timeout", "segfault")
+
+
 def scratch_copy(root: Path) -> Path:
     """A copy of what the tests need, with ``../shared`` beside it as in a checkout."""
     copy = root / "cifarlab"
@@ -56,6 +62,8 @@ def scratch_copy(root: Path) -> Path:
     for name in ("src", "tests"):
         shutil.copytree(REPO / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "pyproject.toml", copy / "pyproject.toml")
+    with (copy / "tests" / "conftest.py").open("a") as conftest:
+        conftest.write(CHEAPEST_FIRST)
     shared = REPO.parent / "shared"
     if shared.exists():
         # The tests find the shared data at <repository>/../shared, and mutmut runs them from
@@ -76,6 +84,12 @@ def configure(copy: Path, module: str, tests: list[str]) -> None:
         # server that has only collected the tests.
         "process_isolation": "forkserver",
         "use_git_change_detection": False,
+        # A mutant times out after (its tests' seconds + constant) × multiplier of wall time.
+        # mutmut's seconds leave out fixtures' set-up (a training of 16 s in test_folders.py),
+        # which the constant covers; its default multiplier, 15, let each of data/folders'
+        # three mutants that loop forever run for 162 s (bench/README.md).
+        "timeout_constant": 20,
+        "timeout_multiplier": 2,
         # The wording of messages is not mutated: a line that holds nothing but a string
         # literal without placeholders is part of a sentence (a placeholder's expression is).
         "do_not_mutate_patterns": [WORDING],
@@ -84,6 +98,43 @@ def configure(copy: Path, module: str, tests: list[str]) -> None:
     lines = ["", "[tool.mutmut]", *table]
     with (copy / "pyproject.toml").open("a") as handle:
         handle.write("\n".join(lines) + "\n")
+
+
+# Appended to the scratch copy's tests/conftest.py. mutmut hands each mutant's tests to pytest
+# in a set's arbitrary order and stops at the first failure, so a mutant the quickest test kills
+# could wait first on a test that trains for 16 s (its fixture's set-up, which mutmut's own
+# durations leave out). mutmut's first run (its "stats" run, every test in file order) records
+# what each test costs, set-up included; every later run takes its tests cheapest first.
+CHEAPEST_FIRST = """
+
+# bench/mutation.py: run each mutant's tests cheapest first.
+import json as _json
+import os as _os
+import time as _time
+
+_MUTATION_COSTS = "mutation-test-costs.json"
+_mutation_started = {}
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _mutation_started[nodeid] = _time.perf_counter()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    _mutation_started[nodeid] = _time.perf_counter() - _mutation_started[nodeid]
+
+
+def pytest_sessionfinish(session):
+    if _os.environ.get("MUTANT_UNDER_TEST") == "stats" and _mutation_started:
+        (session.config.rootpath / _MUTATION_COSTS).write_text(_json.dumps(_mutation_started))
+
+
+def pytest_collection_modifyitems(config, items):
+    costs = config.rootpath / _MUTATION_COSTS
+    if _os.environ.get("MUTANT_UNDER_TEST") != "stats" and costs.is_file():
+        cost = _json.loads(costs.read_text())
+        items.sort(key=lambda item: cost.get(item.nodeid, 0.0))
+"""
 
 
 # Run inside the scratch copy, after ``mutmut run``: every mutant's status, and the diff of those
@@ -127,7 +178,7 @@ def mutate(module: str, root: Path, workers: int) -> dict:
     for status, _ in mutants.values():
         counts[status] = counts.get(status, 0) + 1
     survivors = {name: f"{status}\n{shown}" for name, (status, shown) in mutants.items()
-                 if status not in ("killed", "timeout", "segfault")}  # fmt: skip
+                 if status not in CAUGHT}  # fmt: skip
     return {"module": module, "seconds": round(seconds), "counts": counts, "mutants": len(mutants),
             "survivors": survivors, "returncode": run.returncode,
             "log": run.stdout[-2000:] + run.stderr[-2000:] if run.returncode else ""}  # fmt: skip
@@ -153,18 +204,19 @@ def main() -> None:
         for module in args.modules or list(SELECTIONS):
             report = mutate(module, root, args.workers)
             reports.append(report)
-            killed = report["counts"].get("killed", 0)
+            killed = sum(report["counts"].get(status, 0) for status in CAUGHT)
             share = f"{100 * killed / report['mutants']:.1f}%" if report["mutants"] else "-"
             left, seconds = len(report["survivors"]), report["seconds"]
-            print(f"{module:18} {report['mutants']:5} mutants  {killed:5} killed ({share})  "
-                  f"{left:4} left  {seconds:5} s", flush=True)  # fmt: skip
+            timeouts = report["counts"].get("timeout", 0)
+            print(f"{module:18} {report['mutants']:5} mutants  {killed:5} killed ({share}, "
+                  f"{timeouts} by timeout)  {left:4} left  {seconds:5} s", flush=True)  # fmt: skip
             if report["returncode"]:
                 print(report["log"], file=sys.stderr)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     total = sum(r["mutants"] for r in reports)
-    killed = sum(r["counts"].get("killed", 0) for r in reports)
+    killed = sum(r["counts"].get(status, 0) for r in reports for status in CAUGHT)
     if total:
         seconds = sum(r["seconds"] for r in reports)
         print(f"{'all':18} {total:5} mutants  {killed:5} killed ({100 * killed / total:.1f}%)"

@@ -14,27 +14,24 @@ both test accuracies (modern's with its test-time augmentation), then the mean g
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import logging
 import os
 import statistics
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import harness  # noqa: E402
+
 from cifarlab import config as configs  # noqa: E402
-from cifarlab import environment, training  # noqa: E402
+from cifarlab import environment  # noqa: E402
 from cifarlab.data import dataset as data  # noqa: E402
 
 
 def test_accuracy(config: configs.Config, dataset: data.Dataset) -> tuple[float, float]:
     """Test accuracy of the run's best checkpoint, and the run's seconds in all."""
     started = time.perf_counter()
-    with (tempfile.TemporaryDirectory(prefix="cifarlab-bench-") as folder,
-          contextlib.redirect_stdout(io.StringIO())):  # fmt: skip
-        metrics = training.train_and_evaluate(config, folder, dataset, quiet=True)
+    metrics, _ = harness.cifarlab_run(config, dataset)
     return metrics["test"]["accuracy"], time.perf_counter() - started
 
 

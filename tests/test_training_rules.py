@@ -272,9 +272,9 @@ class _InterruptedError(Exception):
     pass
 
 
-class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
-    """A kill early in epoch 2 (or after `epochs`), after the stock callbacks (the backup among
-    them) saw epoch 1."""
+class _InterruptAfter(keras.callbacks.Callback):
+    """A kill right after epoch `epochs` ends (early in the next one), after the stock
+    callbacks (the backup among them) saw it."""
 
     def __init__(self, epochs: int = 1):
         super().__init__()
@@ -292,7 +292,7 @@ def _interrupted_run(tiny_archive, tmp_path, epochs: int = 1):
     run = tmp_path / "run"
     with pytest.raises(_InterruptedError):
         training.train_and_evaluate(run_config, run, data, quiet=True,
-                                    callbacks=[_InterruptAfterFirstEpoch(epochs)])  # fmt: skip
+                                    callbacks=[_InterruptAfter(epochs)])  # fmt: skip
     return run_config, data, run
 
 
@@ -358,7 +358,7 @@ def test_an_interrupted_run_resumes_at_its_next_epoch_and_says_so(tiny_archive, 
     run = tmp_path / "run"
     with pytest.raises(_InterruptedError):
         training.train_and_evaluate(run_config, run, data, quiet=True,
-                                    callbacks=[_InterruptAfterFirstEpoch()])  # fmt: skip
+                                    callbacks=[_InterruptAfter()])  # fmt: skip
     first = run_folder.read_history(run)
     assert len(first) == 1 and not (run / run_folder.LOGS).exists()
     history = (run / run_folder.HISTORY).read_text()
@@ -397,7 +397,7 @@ def test_a_run_with_patience_stops_where_keras_rule_says_and_resumes_counting(ti
     run = tmp_path / "run"
     with pytest.raises(_InterruptedError):
         training.train_and_evaluate(patient, run, data, quiet=True,
-                                    callbacks=[_InterruptAfterFirstEpoch()])  # fmt: skip
+                                    callbacks=[_InterruptAfter()])  # fmt: skip
     metrics = training.train_and_evaluate(patient, run, data, quiet=True)
     losses = [row["val_loss"] for row in run_folder.read_history(run)]
     improved = [loss < min(losses[:index], default=math.inf) for index, loss in enumerate(losses)]

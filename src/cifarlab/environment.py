@@ -104,8 +104,9 @@ def cpu_flags() -> frozenset[str]:
 
 def cpu_model() -> tuple[str, int]:
     """The CPU's vendor ("GenuineIntel", "AuthenticAMD") and family number, or ("", 0)."""
-    family = _first_processor().get("cpu family", "")
-    return _first_processor().get("vendor_id", ""), int(family) if family.isdigit() else 0
+    processor = _first_processor()
+    family = processor.get("cpu family", "")
+    return processor.get("vendor_id", ""), int(family) if family.isdigit() else 0
 
 
 def cpu_name() -> str:

@@ -174,10 +174,9 @@ def split(
     `stratify` or when the set is a small subset."""
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must lie between 0 and 1, not {val_fraction}.")
-    num_val = held_out_count(val_fraction, max_val_images, len(y_train))
+    num_val, share = held_out(val_fraction, max_val_images, len(y_train))
     if num_val < 1 or num_val == len(y_train):
         raise UserError(f"{len(y_train)} training images are too few to hold out {val_fraction}.")
-    share = held_out_share(val_fraction, max_val_images, len(y_train))
     limit = _limit_text(share, val_fraction, len(y_train))
     if stratify or len(y_train) < SMALL_SUBSET:
         train, val = stratified_split(y_train, share, seed, class_names, "validation")
@@ -203,16 +202,12 @@ def split(
     )  # fmt: skip
 
 
-def held_out_count(fraction: float, max_images: int, images: int) -> int:
-    """How many of `images` a split of `fraction` holds out, at most `max_images` if set."""
-    count = int(fraction * images)
-    return min(count, max_images) if max_images else count
-
-
-def held_out_share(fraction: float, max_images: int, images: int) -> float:
-    """The share of `images` a split holds out: `fraction`, or less where that would be more
-    than `max_images` (if set)."""
-    return max_images / images if max_images and fraction * images > max_images else fraction
+def held_out(fraction: float, max_images: int, images: int) -> tuple[int, float]:
+    """How many of `images` a split of `fraction` holds out, and their share: `fraction` of
+    them, or `max_images` (if set) where that is fewer."""
+    if max_images and fraction * images > max_images:
+        return max_images, max_images / images
+    return int(fraction * images), fraction
 
 
 def _limit_text(share: float, fraction: float, images: int) -> str:
@@ -258,7 +253,7 @@ def load_folders(
             notes[f"{split}_split"] = f"the {split}/ folder"
             continue
         train = chosen["train"]
-        share = held_out_share(fraction, limit, len(train))
+        _, share = held_out(fraction, limit, len(train))
         keep, held = stratified_split(
             decoded.labels[train], share, seed, decoded.class_names, purpose
         )

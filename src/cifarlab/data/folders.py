@@ -161,13 +161,14 @@ def _decode_dataset(root: Path, files: list[ImageFile], image_size: int, quiet: 
     readable = np.setdiff1d(np.arange(len(files)), failed)
     labels = np.array([class_names.index(file.class_name) for file in files], dtype=np.int64)
     splits = np.array([SPLITS.index(file.split) for file in files], dtype=np.int64)
+    skipped = [files[index].relative for index in failed]
     return {
         "images": pixels[readable],
         "labels": labels[readable],
         "splits": splits[readable],
         "original_sizes": original_sizes[readable],
         "class_names": np.array(class_names, dtype=str),  # pragma: no mutate (names are str)
-        "skipped": np.array([files[index].relative for index in failed], dtype=str),
+        "skipped": np.array(skipped, dtype=str),  # pragma: no mutate (reads back alike)
     }
 
 
@@ -185,9 +186,9 @@ def decode_all(
         tqdm(total=len(paths), desc="decode", unit="image", disable=quiet) as bar,
     ):
         try:
-            for start, result in zip(
-                starts, executor.map(_decode_chunk, chunks, repeat(size)), strict=True
-            ):
+            results = executor.map(_decode_chunk, chunks, repeat(size))
+            # pragma below: one result per chunk, so `strict` never finds unequal lengths.
+            for start, result in zip(starts, results, strict=True):  # pragma: no mutate
                 chunk_images, chunk_sizes, chunk_failed = result
                 pixels[start : start + len(chunk_images)] = chunk_images
                 original_sizes[start : start + len(chunk_sizes)] = chunk_sizes
@@ -211,7 +212,8 @@ def refuse_in_an_importing_worker() -> None:
     `_inheriting`), made before that wait rather than when the worker starts processes itself;
     the worker ends and its parent's pool breaks, which `decode_all` reports.
     """
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
+    # pragma below: a process without the attribute is not inheriting; None is as false.
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # pragma: no mutate
         raise UserError(
             "This worker process is importing your script again; call cifarlab under "
             '`if __name__ == "__main__":` there.'
@@ -234,12 +236,18 @@ def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _executor(num_images: int) -> Executor:
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if num_images < _PARALLEL_FROM or (workers or 1) < 2:
+    # The pragmas below: how many workers decode changes the speed, never the images (Linux has
+    # sched_getaffinity; ProcessPoolExecutor's own default is the CPU count).
+    if hasattr(os, "sched_getaffinity"):  # pragma: no mutate
+        workers = len(os.sched_getaffinity(0))  # pragma: no mutate
+    else:
+        workers = os.cpu_count() or 1  # pragma: no mutate
+    if num_images < _PARALLEL_FROM or workers < 2:
         return ThreadPoolExecutor(max_workers=1)
     # "spawn" because the parent may already run TensorFlow's threads, which forking can deadlock.
     # Its workers import the parent's script again: see `refuse_in_an_importing_worker`.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context)  # pragma: no mutate
 
 
 def _subfolders(folder: Path) -> list[Path]:
