@@ -35,7 +35,8 @@ SELECTIONS: dict[str, list[str]] = {
     "scale/statistics": ["tests/test_statistics.py"],
     "data/safe_files": ["tests/test_hostile_archives.py", "tests/test_data.py"],
     "data/folders": ["tests/test_folders.py"],
-    "data/dataset": ["tests/test_datasets.py", "tests/test_data.py"],
+    # test_scaling.py holds the validation limit's tests (`max_val_images`, modern's 1,000).
+    "data/dataset": ["tests/test_datasets.py", "tests/test_data.py", "tests/test_scaling.py"],
     "run_folder": ["tests/test_run_folder.py"],
     "augmentation": ["tests/test_augmentation_layers.py"],
     "input_pipeline": ["tests/test_input_pipeline.py"],

@@ -335,3 +335,9 @@ def test_a_file_that_is_no_archive_is_refused_with_the_first_line_of_the_reason(
         f"{truncated} is truncated or not a valid tar.gz archive (Compressed file ended before "
         "the end-of-stream marker was reached); download it again."
     )
+    # A file tarfile cannot even open is named with the reason the system gave.
+    with pytest.raises(UserError) as error:
+        safe_files.read_tar_members(tmp_path, {"data_batch_1"})
+    assert str(error.value) == (
+        f"{tmp_path} cannot be read ([Errno 21] Is a directory: '{tmp_path}')."
+    )

@@ -7,6 +7,8 @@ then damages one thing, so every refusal is checked against a folder that passes
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -304,6 +306,40 @@ def test_a_second_writer_is_refused_until_the_first_is_done(tmp_path):
             pass
     with run_folder.exclusive(run):  # Released: the next writer gets it.
         pass
+
+
+# A writer in another process: holds the run until it reads a line, notes that it let go just
+# before it does, then exits.
+_WRITER = """
+import sys
+from pathlib import Path
+from cifarlab import run_folder
+with run_folder.exclusive(sys.argv[1]):
+    print("holding", flush=True)
+    sys.stdin.readline()
+    Path(sys.argv[2]).write_text("done")
+"""
+
+
+def test_a_reader_waits_for_the_writer_to_let_go_but_no_longer_than_it_is_told(tmp_path):
+    run, done = tmp_path / "run", tmp_path / "done"
+    run_folder.wait_for_writer(run, 60)  # No writer ever: nothing to wait for, nothing made.
+    assert not run.exists()
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(run), str(done)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert writer.stdout.readline() == "holding\n"
+        run_folder.wait_for_writer(run, 0.5)  # Still held after that: it gives up, silently.
+        refused = pytest.raises(UserError, match="is being written by another")
+        with refused, run_folder.exclusive(run):
+            pass
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        run_folder.wait_for_writer(run, 60)
+        assert done.read_text() == "done"  # It returned once the writer had let go.
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 # Study folders.

@@ -296,7 +296,7 @@ def _interrupted_run(tiny_archive, tmp_path, epochs: int = 1):
     return run_config, data, run
 
 
-def test_a_run_records_what_it_trained_and_is_not_redone_unasked(tiny_archive, tmp_path, caplog):
+def test_a_run_records_what_it_trained(tiny_archive, tmp_path, caplog):
     data = dataset.load_for(SHORT, tiny_archive)
     run = tmp_path / "run"
     with caplog.at_level("INFO", logger="cifarlab.training"):
@@ -314,6 +314,14 @@ def test_a_run_records_what_it_trained_and_is_not_redone_unasked(tiny_archive, t
     assert list(logs.glob("events.out.tfevents.*")) and list(logs.glob("validation/events.*"))
     assert metrics["epochs_run"] == 2 and run_folder.read_metrics(run) == metrics
     assert environment["precision_reason"] == environment_of_this_machine("float32")
+
+
+def test_a_finished_run_is_not_redone_unasked(tiny_archive, tmp_path, caplog):
+    # Apart from the test above, which trains once: this one trains twice, and the mutation
+    # bench (bench/mutation.py) runs each mutant's cheapest tests first.
+    data = dataset.load_for(SHORT, tiny_archive)
+    run = tmp_path / "run"
+    training.train_and_evaluate(SHORT, run, data, quiet=True)
     with pytest.raises(UserError, match="holds a finished run; pass --overwrite"):
         training.train_and_evaluate(SHORT, run, data, quiet=True)
     # Killed while evaluating: the rerun evaluates without training or claiming to resume.

@@ -185,7 +185,7 @@ def _fit(model, config, data, run_dir, rows, quiet, tensorboard, extra_callbacks
         validation_data=validation,
         callbacks=callbacks,
         shuffle=False,  # The batches are shuffled by the input pipeline itself.
-        verbose=2 if quiet else 1,
+        verbose=2 if quiet else 1,  # pragma: no mutate (what Keras prints, not what it does)
     )
     return divergence.loss
 

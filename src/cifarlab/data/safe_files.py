@@ -111,8 +111,9 @@ def read_tar_members(archive: Path, wanted: set[str]) -> dict[str, bytes]:
                 name = PurePosixPath(member.name).name
                 if member.isfile() and name in wanted:
                     with tar.extractfile(member) as file:
-                        # Never more than the checked size, whatever the stream holds.
-                        found[name] = file.read(member.size)
+                        # Never more than the checked size, whatever the stream holds (the
+                        # stream ends there too, hence the pragma).
+                        found[name] = file.read(member.size)  # pragma: no mutate
     except _ARCHIVE_ERRORS as error:
         raise UserError(
             f"{archive} is truncated or not a valid tar.gz archive ({_first_line(error)}); "
