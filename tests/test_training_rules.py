@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cifarlab import config as configs
-from cifarlab import run_folder, training
+from cifarlab import evaluation, run_folder, training
 from cifarlab.data import dataset
 from cifarlab.errors import RunError, UserError
 from cifarlab.files import write_json, write_text
@@ -333,6 +333,20 @@ def test_a_finished_run_is_not_redone_unasked(tiny_archive, tmp_path, caplog):
     assert not [message for message in caplog.messages if "resuming" in message]
     training.train_and_evaluate(SHORT, run, data, quiet=True, overwrite=True)
     assert run_folder.read_history(run) != rows  # Trained again from scratch.
+
+
+def test_training_alone_leaves_the_run_unfinished_until_it_is_scored(tiny_archive, tmp_path):
+    # How a search trains its trials: scored later, only its best on the test set.
+    data = dataset.load_for(SHORT, tiny_archive)
+    run = tmp_path / "run"
+    rows = training.train_only(SHORT, run, data, quiet=True)
+    assert [row["epoch"] for row in rows] == [0, 1] and rows == run_folder.read_history(run)
+    assert (run / run_folder.BEST_MODEL).is_file() and not run_folder.is_finished(run)
+    assert not (run / run_folder.LOGS).exists()  # TensorBoard only when asked for.
+    saved = (run / run_folder.BEST_MODEL).stat().st_mtime_ns
+    assert training.train_only(SHORT, run, data, quiet=True) == rows  # Over: returns at once,
+    assert (run / run_folder.BEST_MODEL).stat().st_mtime_ns == saved  # nothing trained again.
+    assert evaluation.evaluate_run(run, data)["epochs_run"] == 2 and run_folder.is_finished(run)
 
 
 def environment_of_this_machine(precision: str) -> str:
