@@ -151,6 +151,9 @@ def test_a_folder_is_prepared_only_for_its_own_config_and_data(tiny_archive, tmp
     assert not training.prepare_folder(BASELINE, old, data, overwrite=False)
     write_json(old / run_folder.DATA, data.record())
     assert training.prepare_folder(BASELINE, old, data, overwrite=False)
+    other_split = dataset.load_for(configs.override(BASELINE, seed=1), tiny_archive)
+    with pytest.raises(UserError, match="was trained on other data"):
+        training.prepare_folder(BASELINE, old, other_split, overwrite=False)
     other = configs.override(BASELINE, epochs=5)
     with pytest.raises(UserError, match="choose another --out or pass --overwrite to replace it"):
         training.prepare_folder(other, old, data, overwrite=False)
