@@ -42,3 +42,15 @@ def confidently_wrong(config, input_shape, num_classes) -> keras.Model:
         bias_initializer=keras.initializers.Constant(bias), dtype="float32",
     )(x)  # fmt: skip
     return keras.Model(inputs, outputs, name="confidently_wrong")
+
+
+def uniform_guess(config, input_shape, num_classes) -> keras.Model:
+    """A network that cannot learn: every image gets the same probability for every class, so
+    each epoch's losses equal the first's (ln(classes)) exactly."""
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", kernel_initializer="zeros", trainable=False,
+        dtype="float32",
+    )(x)  # fmt: skip
+    return keras.Model(inputs, outputs, name="uniform_guess")

@@ -430,6 +430,18 @@ def test_a_run_with_patience_stops_where_keras_rule_says_and_resumes_counting(ti
     assert len(losses) == expected == metrics["epochs_run"]
 
 
+@pytest.mark.filterwarnings("ignore:The model does not have any trainable weights")
+def test_a_run_that_cannot_improve_stops_once_its_patience_is_spent(tiny_archive, tmp_path):
+    # Epoch 2's validation loss equals epoch 1's, so it is no new lowest: patience 1 is spent.
+    stuck = configs.override(SHORT, epochs=4, early_stopping_patience=1,
+                             model="tests.custom_models:uniform_guess")  # fmt: skip
+    data = dataset.load_for(stuck, tiny_archive)
+    metrics = training.train_and_evaluate(stuck, tmp_path / "run", data, quiet=True)
+    rows = run_folder.read_history(tmp_path / "run")
+    assert [row["val_loss"] for row in rows] == [rows[0]["val_loss"]] * 2
+    assert metrics["epochs_run"] == 2 and training.training_over(rows, stuck)
+
+
 def test_a_resumed_run_keeps_the_checkpoint_of_an_earlier_lower_loss(tiny_archive, tmp_path):
     # Epoch 1's validation loss, made 1e-9 by hand, is one no later epoch can beat (Keras clips
     # probabilities to 1 - 1e-7, so a cross-entropy stays above about 1e-7): the resume must go
