@@ -56,6 +56,11 @@ WORDING = r"""^\s*[rfu]?("[^"{]*"|'[^'{]*')\s*[,)]*\s*(#.*)?$"""
 CAUGHT = ("killed", "timeout", "segfault")
 
 
+def caught(counts: dict[str, int]) -> int:
+    """How many of a module's mutants were caught, from its counts by status."""
+    return sum(counts.get(status, 0) for status in CAUGHT)
+
+
 def scratch_copy(root: Path) -> Path:
     """A copy of what the tests need, with ``../shared`` beside it as in a checkout."""
     copy = root / "cifarlab"
@@ -238,7 +243,7 @@ def main() -> None:
         for module in args.modules or list(SELECTIONS):
             report = mutate(module, root, args.workers)
             reports.append(report)
-            killed = sum(report["counts"].get(status, 0) for status in CAUGHT)
+            killed = caught(report["counts"])
             share = f"{100 * killed / report['mutants']:.1f}%" if report["mutants"] else "-"
             left, seconds = len(report["survivors"]), report["seconds"]
             timeouts = report["counts"].get("timeout", 0)
@@ -250,7 +255,7 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     total = sum(r["mutants"] for r in reports)
-    killed = sum(r["counts"].get(status, 0) for r in reports for status in CAUGHT)
+    killed = sum(caught(r["counts"]) for r in reports)
     if total:
         seconds = sum(r["seconds"] for r in reports)
         print(f"{'all':18} {total:5} mutants  {killed:5} killed ({100 * killed / total:.1f}%)"
