@@ -52,11 +52,15 @@ def main() -> None:
     else:
         dataset = harness.synthetic(args.train_images, args.seed)
     epochs = args.epochs or (3 if args.full else 2)
-    precision = environment.resolve_precision(args.precision)
-    print(environment.hardware_summary(environment.record(precision)))
+    print(environment.hardware_summary(environment.record(environment.resolve_precision(
+        args.precision))))  # fmt: skip
+    precisions = ", ".join(
+        f"{name} {environment.resolve_precision(args.precision, configs.experiment(name))}"
+        for name in args.experiments
+    )
     print(f"data: {len(dataset.y_train):,} train / {len(dataset.y_val):,} val images "
           f"({'real' if args.full else 'synthetic'}); {harness.which_epochs(epochs)}; "
-          f"notebook in float32, cifarlab in {precision}", flush=True)  # fmt: skip
+          f"notebook in float32, cifarlab in {precisions}", flush=True)  # fmt: skip
     speeds, computes = [], []
     for name in args.experiments:
         config = configs.override(
