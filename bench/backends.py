@@ -32,7 +32,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 WAYS = {
     "tensorflow": {"KERAS_BACKEND": "tensorflow"},
@@ -59,7 +58,7 @@ def images_per_second(experiment: str, images: int, epochs: int, precision: str)
     import numpy as np
 
     from cifarlab import config as configs
-    from cifarlab import environment, models
+    from cifarlab import environment, models, training
 
     if os.environ.get("CIFARLAB_BENCH_INTER_OP"):
         import tensorflow as tf
@@ -74,19 +73,11 @@ def images_per_second(experiment: str, images: int, epochs: int, precision: str)
     rng = np.random.default_rng(0)
     x = rng.random((steps * config.batch_size, 32, 32, 3), dtype=np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, len(x))]
-    seconds = []
-
-    class EpochClock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            seconds.append(time.perf_counter() - self.started)
-
-    model.fit(x, y, batch_size=config.batch_size, epochs=epochs, verbose=0,
-              callbacks=[EpochClock()])  # fmt: skip
-    return {"backend": keras.backend.backend(), "version": backend_version(),
-            "images": len(x), "images_per_second": len(x) / statistics.median(seconds[1:]),
+    history = model.fit(x, y, batch_size=config.batch_size, epochs=epochs, verbose=0,
+                        callbacks=[training.EpochTimer()])  # fmt: skip
+    seconds = history.history["seconds"]
+    return {"version": backend_version(), "images": len(x),
+            "images_per_second": len(x) / statistics.median(seconds[1:]),
             "epoch_seconds": seconds}  # fmt: skip
 
 
