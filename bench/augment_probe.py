@@ -4,7 +4,8 @@ in different spots of the TensorFlow pipeline, runs alternated round by round.
 Ways (each trains cifarlab's `augmented` network, float32, batch 32, `--epochs` epochs):
 
 - `none`: no augmentation at all (the `baseline` input), the floor;
-- `map`: cifarlab's pipeline, augmenting each batch in a parallel `tf.data` map;
+- `map`: cifarlab's pipeline: batches gathered in a parallel `tf.data` map, then augmented one
+  at a time, in order (so that a seed's draws are the same every run);
 - `map1`: the same map with one tf.data thread (`num_parallel_calls=1`, private pool of 1);
 - `chunks`: augmenting 1,024 images per map call, then cut into batches of 32;
 - `in-step`: the augmentation layers in front of the network, in the training step itself.

@@ -6,6 +6,8 @@ are the same batches as TensorFlow's `tf.data` pipeline."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import keras
 import numpy as np
 import pytest
@@ -193,11 +195,14 @@ def test_array_batches_build_their_augmenter_before_the_worker_threads_use_it():
     assert (flipped | (first_images == sources).all(axis=(1, 2, 3))).all()
 
 
-# The PyDataset path only: `tf.data` maps batches in parallel, so the order in which they draw
-# from the augmenter's generators, and with it each batch's augmentation, varies from run to run.
 # With cifarlab's own layers, whose generators do not depend on the backend Keras reports (Keras's
 # image layers keep one per backend, and would see the one reported here).
-def test_a_stream_resumed_at_an_epoch_augments_as_the_uninterrupted_stream_did(other_backend):
+@pytest.mark.parametrize("backend", ["tensorflow", "other"])
+def test_a_stream_resumed_at_an_epoch_augments_as_the_uninterrupted_stream_did(
+    backend, monkeypatch
+):
+    if backend == "other":
+        monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     settings = Augmentation(crop_padding=1, cutout=2)
     images = np.random.default_rng(0).integers(0, 256, (COUNT, 6, 6, 3), dtype=np.uint8)
 
@@ -215,3 +220,47 @@ def test_a_stream_resumed_at_an_epoch_augments_as_the_uninterrupted_stream_did(o
         np.testing.assert_array_equal(resumed_labels, labels_then)
     # Without skipping the draws it would have replayed epoch 0's augmentation.
     assert not np.allclose(uninterrupted[0][0][0], uninterrupted[2][0][0])
+
+
+def augmented_stream(seed: int, settings: Augmentation, count: int = 96):
+    """Two epochs of `count` random 6×6 images in batches of 4, augmented by `settings`."""
+    images = np.random.default_rng(0).integers(0, 256, (count, 6, 6, 3), dtype=np.uint8)
+    return input_pipeline.training_batches(images, labels_of(count), CLASSES, 4, settings,
+                                           seed=seed, epochs=2)  # fmt: skip
+
+
+def test_the_same_seed_augments_every_batch_the_same_way_in_tensorflows_pipeline():
+    # 48 batches an epoch, prepared by tf.data's parallel threads: each batch's rotations,
+    # shifts, flips, crops and holes are those of its place in the run, every time.
+    settings = Augmentation(rotation_degrees=10, shift=0.1, horizontal_flip=True,
+                            crop_padding=1, cutout=2)  # fmt: skip
+    first = epochs_of(augmented_stream(3, settings), 2)
+    again = epochs_of(augmented_stream(3, settings), 2)
+    for batches, batches_again in zip(first, again, strict=True):
+        for (images, labels), (images_again, labels_again) in zip(batches, batches_again,
+                                                                  strict=True):  # fmt: skip
+            np.testing.assert_array_equal(images, images_again)
+            np.testing.assert_array_equal(labels, labels_again)
+    other = epochs_of(augmented_stream(4, settings), 2)
+    assert not np.array_equal(first[0][0][0], other[0][0][0])
+
+
+def test_pydataset_batches_are_augmented_by_their_place_not_by_the_order_threads_reach_them(
+    other_backend,
+):
+    # Keras's worker threads finish batches in any order: read backwards by as many threads,
+    # each batch of each epoch must still be what reading in order gives. (cifarlab's own
+    # layers, as above.)
+    settings = Augmentation(crop_padding=1, cutout=2)
+    expected = epochs_of(augmented_stream(3, settings), 2)
+    backwards = augmented_stream(3, settings)
+    for epoch in range(2):
+        with ThreadPoolExecutor(input_pipeline.PYDATASET_WORKERS) as threads:
+            read = list(threads.map(lambda index: as_arrays(backwards[index]),
+                                    reversed(range(len(backwards)))))[::-1]  # fmt: skip
+        for (images, labels), (read_images, read_labels) in zip(expected[epoch], read,
+                                                                strict=True):  # fmt: skip
+            np.testing.assert_array_equal(read_images, images)
+            np.testing.assert_array_equal(read_labels, labels)
+        backwards.on_epoch_end()
+    assert not np.array_equal(expected[0][0][0], expected[1][0][0])  # Each epoch draws anew.

@@ -121,8 +121,24 @@ def test_a_run_killed_in_epoch_2_and_rerun_equals_an_uninterrupted_run(tmp_path)
 def test_a_killed_augmented_run_augments_its_remaining_epochs_as_an_uninterrupted_one(tmp_path):
     # The rotations, shifts and flips of epochs 2 and 3 must be those the uninterrupted run drew
     # there, not a replay of epoch 1's: the rerun skips the draws of the epochs already run.
-    # (Op determinism, set by the command's environment, runs the augmentation map in order.)
     _assert_same_run(*_train_killed_and_uninterrupted(tmp_path, ["augmented"]))
+
+
+@pytest.mark.slow
+def test_the_same_augmented_command_twice_is_the_same_run_without_op_determinism(tmp_path):
+    # As users run it, without TF_DETERMINISTIC_OPS: tf.data's threads prepare the batches in
+    # parallel, and each batch's augmentation must still be the one its place in the run draws.
+    archive = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_class=40,
+                                    test_per_class=2)  # fmt: skip
+    environment = _deterministic_environment(tmp_path / "cache")
+    del environment["TF_DETERMINISTIC_OPS"]
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for out in runs:
+        subprocess.run([sys.executable, "-m", "cifarlab.cli", "train", "augmented", "--data",
+                        str(archive), "--epochs", "3", "--batch-size", "8", "--precision",
+                        "float32", "--seed", "0", "--quiet", "--out", str(out)],
+                       env=environment, check=True, capture_output=True, timeout=600)  # fmt: skip
+    _assert_same_run(*runs)
 
 
 class _InterruptionError(Exception):

@@ -9,6 +9,7 @@ same work with the same Keras augmentation layers, so TensorFlow is never needed
 from __future__ import annotations
 
 import math
+import threading
 
 import keras
 import numpy as np
@@ -37,18 +38,33 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return math.ceil(num_images / batch_size)
 
 
-def skip_draws(augment: keras.Sequential, batches: int, sample: np.ndarray) -> None:
-    """Advance `augment`'s random generators past the draws of `batches` batches, so that a run
-    resumed after them augments its next batch as an uninterrupted run would.
+def _generator_states(augment: keras.Sequential) -> list:
+    return [v for v in augment.variables if v.path.endswith("seed_generator_state")]
 
-    Keras's generators count their draws (state (seed, n) becomes (seed, n + 1)), and a batch
-    takes the same number whatever its images: one batch of `sample` measures it.
-    """
-    states = [v for v in augment.variables if v.path.endswith("seed_generator_state")]
+
+def draws_per_batch(augment: keras.Sequential, sample: np.ndarray) -> list[np.ndarray]:
+    """How far one batch advances each of `augment`'s random generators, measured on `sample`
+    and undone. Keras's generators count their draws (state (seed, n) becomes (seed, n + 1)),
+    and a batch takes the same number whatever its images."""
+    states = _generator_states(augment)
     before = [np.asarray(state) for state in states]
     augment(sample, training=True)
-    for state, start in zip(states, before, strict=True):
-        state.assign(start + (np.asarray(state) - start) * batches)
+    steps = [np.asarray(state) - start for state, start in zip(states, before, strict=True)]
+    set_draws(augment, before, steps, 0)
+    return steps
+
+
+def set_draws(augment: keras.Sequential, start: list, steps: list, batches: int) -> None:
+    """Set `augment`'s generators to where they stand after `batches` batches from `start`."""
+    for state, first, step in zip(_generator_states(augment), start, steps, strict=True):
+        state.assign(first + step * batches)
+
+
+def skip_draws(augment: keras.Sequential, batches: int, sample: np.ndarray) -> None:
+    """Advance `augment`'s random generators past the draws of `batches` batches, so that a run
+    resumed after them augments its next batch as an uninterrupted run would."""
+    start = [np.asarray(state) for state in _generator_states(augment)]
+    set_draws(augment, start, draws_per_batch(augment, sample), batches)
 
 
 def training_batches(
@@ -86,16 +102,20 @@ def _tf_training_batches(images, labels, num_classes, batch_size, augment, seed,
     labels_tensor = tf.convert_to_tensor(labels.astype(np.int32))
     orders = np.stack([epoch_order(len(labels), seed, epoch) for epoch in range(first, epochs)])
 
-    def prepare(indices):
+    def gather(indices):
         batch_images = tf.cast(tf.gather(images_tensor, indices), tf.float32) / 255.0
-        if augment is not None:
-            batch_images = augment(batch_images, training=True)
         return batch_images, tf.one_hot(tf.gather(labels_tensor, indices), num_classes)
 
     batches = tf.data.Dataset.from_tensor_slices(orders.astype(np.int32)).flat_map(
         lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
     )
-    return batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    batches = batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        # One batch at a time, in order: the layers' generators are state that every call
+        # advances, so parallel calls would take the draws in whatever order they happened to
+        # run, and the same seed would augment differently from run to run.
+        batches = batches.map(lambda images, labels: (augment(images, training=True), labels))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_batches(
@@ -140,9 +160,15 @@ class ArrayBatches(keras.utils.PyDataset):
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.epoch = first_epoch
         self.order = self._order()
-        if augment is not None and not augment.built:  # A resumed stream's is (`skip_draws`).
-            # Built here, once, because the worker threads would otherwise race to build it.
-            augment.build((None, *images.shape[1:]))
+        if augment is not None:
+            # The worker threads augment batches in whatever order they finish, so each batch
+            # sets the generators to where its place in the run puts them, under a lock.
+            if not augment.built:  # A resumed stream's is (`skip_draws`).
+                augment.build((None, *images.shape[1:]))
+            self.lock = threading.Lock()
+            self.steps = draws_per_batch(augment, scale(images[:batch_size]))
+            self.start = [np.asarray(state) for state in _generator_states(augment)]
+            self.first_epoch = first_epoch
 
     def _order(self) -> np.ndarray:
         if not self.shuffle:
@@ -156,7 +182,11 @@ class ArrayBatches(keras.utils.PyDataset):
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         batch_images = scale(self.images[chosen])
         if self.augment is not None:
-            batch_images = keras.ops.convert_to_numpy(self.augment(batch_images, training=True))
+            with self.lock:
+                done = (self.epoch - self.first_epoch) * len(self) + index
+                set_draws(self.augment, self.start, self.steps, done)
+                batch_images = self.augment(batch_images, training=True)
+            batch_images = keras.ops.convert_to_numpy(batch_images)
         if self.labels is None:
             return (batch_images,)
         one_hot = np.eye(self.num_classes, dtype=np.float32)[self.labels[chosen]]
