@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cifarlab import input_pipeline
+from cifarlab import augmentation, input_pipeline
 from cifarlab.config import Augmentation
 
 COUNT, CLASSES = 10, 3
@@ -264,3 +264,15 @@ def test_pydataset_batches_are_augmented_by_their_place_not_by_the_order_threads
             np.testing.assert_array_equal(read_labels, labels)
         backwards.on_epoch_end()
     assert not np.array_equal(expected[0][0][0], expected[1][0][0])  # Each epoch draws anew.
+
+
+def test_measuring_a_batchs_draws_leaves_the_generators_where_they_were():
+    settings = Augmentation(rotation_degrees=10, shift=0.1, horizontal_flip=True, cutout=2)
+    images = input_pipeline.scale(np.random.default_rng(0).integers(0, 256, (8, 6, 6, 3)))
+    measured = augmentation.augmenter(settings, seed=5)
+    steps = input_pipeline.draws_per_batch(measured, images[:4])
+    assert all(np.all(step >= 0) for step in steps) and any(np.any(step) for step in steps)
+    fresh = augmentation.augmenter(settings, seed=5)  # Its first batch is still the first.
+    first = keras.ops.convert_to_numpy(fresh(images, training=True))
+    after_measuring = keras.ops.convert_to_numpy(measured(images, training=True))
+    np.testing.assert_array_equal(after_measuring, first)
