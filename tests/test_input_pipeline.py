@@ -222,11 +222,14 @@ def test_a_stream_resumed_at_an_epoch_augments_as_the_uninterrupted_stream_did(
     assert not np.allclose(uninterrupted[0][0][0], uninterrupted[2][0][0])
 
 
+def random_images(count: int = 96) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (count, 6, 6, 3), dtype=np.uint8)
+
+
 def augmented_stream(seed: int, settings: Augmentation, count: int = 96):
     """Two epochs of `count` random 6×6 images in batches of 4, augmented by `settings`."""
-    images = np.random.default_rng(0).integers(0, 256, (count, 6, 6, 3), dtype=np.uint8)
-    return input_pipeline.training_batches(images, labels_of(count), CLASSES, 4, settings,
-                                           seed=seed, epochs=2)  # fmt: skip
+    return input_pipeline.training_batches(random_images(count), labels_of(count), CLASSES, 4,
+                                           settings, seed=seed, epochs=2)  # fmt: skip
 
 
 def test_the_same_seed_augments_every_batch_the_same_way_in_tensorflows_pipeline():
@@ -264,6 +267,14 @@ def test_pydataset_batches_are_augmented_by_their_place_not_by_the_order_threads
             np.testing.assert_array_equal(read_labels, labels)
         backwards.on_epoch_end()
     assert not np.array_equal(expected[0][0][0], expected[1][0][0])  # Each epoch draws anew.
+    # And the draws are those of augmenting the batches one after another, as in tf.data.
+    in_turn = augmentation.augmenter(settings, seed=3)
+    for epoch, batches in enumerate(expected):
+        order = input_pipeline.epoch_order(96, 3, epoch)
+        for index, (images, _) in enumerate(batches):
+            sources = input_pipeline.scale(random_images()[order[4 * index : 4 * index + 4]])
+            drawn = keras.ops.convert_to_numpy(in_turn(sources, training=True))
+            np.testing.assert_allclose(images, drawn, atol=1e-6)
 
 
 def test_measuring_a_batchs_draws_leaves_the_generators_where_they_were():
