@@ -195,6 +195,10 @@ def test_array_batches_build_their_augmenter_before_the_worker_threads_use_it():
     assert (flipped | (first_images == sources).all(axis=(1, 2, 3))).all()
 
 
+def random_images(count: int = 96) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (count, 6, 6, 3), dtype=np.uint8)
+
+
 # With cifarlab's own layers, whose generators do not depend on the backend Keras reports (Keras's
 # image layers keep one per backend, and would see the one reported here).
 @pytest.mark.parametrize("backend", ["tensorflow", "other"])
@@ -204,7 +208,7 @@ def test_a_stream_resumed_at_an_epoch_augments_as_the_uninterrupted_stream_did(
     if backend == "other":
         monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     settings = Augmentation(crop_padding=1, cutout=2)
-    images = np.random.default_rng(0).integers(0, 256, (COUNT, 6, 6, 3), dtype=np.uint8)
+    images = random_images(COUNT)
 
     def epochs(first: int) -> list:
         batches = input_pipeline.training_batches(images, labels_of(), CLASSES, 4, settings,
@@ -220,10 +224,6 @@ def test_a_stream_resumed_at_an_epoch_augments_as_the_uninterrupted_stream_did(
         np.testing.assert_array_equal(resumed_labels, labels_then)
     # Without skipping the draws it would have replayed epoch 0's augmentation.
     assert not np.allclose(uninterrupted[0][0][0], uninterrupted[2][0][0])
-
-
-def random_images(count: int = 96) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (count, 6, 6, 3), dtype=np.uint8)
 
 
 def augmented_stream(seed: int, settings: Augmentation, count: int = 96):
@@ -279,7 +279,7 @@ def test_pydataset_batches_are_augmented_by_their_place_not_by_the_order_threads
 
 def test_measuring_a_batchs_draws_leaves_the_generators_where_they_were():
     settings = Augmentation(rotation_degrees=10, shift=0.1, horizontal_flip=True, cutout=2)
-    images = input_pipeline.scale(np.random.default_rng(0).integers(0, 256, (8, 6, 6, 3)))
+    images = input_pipeline.scale(random_images(8))
     measured = augmentation.augmenter(settings, seed=5)
     steps = input_pipeline.draws_per_batch(measured, images[:4])
     assert all(np.all(step >= 0) for step in steps) and any(np.any(step) for step in steps)

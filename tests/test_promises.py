@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -38,12 +39,14 @@ CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")
 # 1. A resumed run equals an uninterrupted one.
 
 
-def _deterministic_environment(cache: Path) -> dict[str, str]:
+def _environment(cache: Path, op_determinism: bool = True) -> dict[str, str]:
     # Two uninterrupted runs of the baseline command on a CPU gave bit-identical histories and
     # weights with and without TF_DETERMINISTIC_OPS (measured); it is set so that TensorFlow
     # picks deterministic kernels wherever it has a choice, which makes exact equality the rule.
-    return {**os.environ, "XDG_CACHE_HOME": str(cache), "TF_CPP_MIN_LOG_LEVEL": "3",
-            "TF_DETERMINISTIC_OPS": "1"}  # fmt: skip
+    environment = {**os.environ, "XDG_CACHE_HOME": str(cache), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if op_determinism:
+        environment["TF_DETERMINISTIC_OPS"] = "1"
+    return environment
 
 
 def _curves(run_dir: Path) -> list[dict]:
@@ -67,20 +70,26 @@ schedule = "cosine"
 """
 
 
+def _small_archive(tmp_path: Path) -> Path:
+    return write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_class=40,
+                                 test_per_class=2)  # fmt: skip
+
+
+def _train_command(experiment: list[str], archive: Path, out: Path) -> list[str]:
+    """Train `experiment` for 3 epochs at batch 8 in float32, seed 0, into `out`."""
+    return [sys.executable, "-m", "cifarlab.cli", "train", *experiment, "--data", str(archive),
+            "--epochs", "3", "--batch-size", "8", "--precision", "float32", "--seed", "0",
+            "--quiet", "--out", str(out)]  # fmt: skip
+
+
 def _train_killed_and_uninterrupted(tmp_path: Path, experiment: list[str]) -> tuple[Path, Path]:
     """Train `experiment` for 3 epochs twice by the same command: once straight through, once
     killed with SIGKILL early in epoch 2 and rerun. The two run folders."""
     # 400 images hold out 80 for validation: 320 at batch 8 are 40 steps, about 1.5 s an epoch
     # on a CPU, so a kill within 20 ms of epoch 1's backup lands early in epoch 2.
-    archive = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_class=40,
-                                    test_per_class=2)  # fmt: skip
-    environment = _deterministic_environment(tmp_path / "cache")
-
-    def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "cifarlab.cli", "train", *experiment, "--data",
-                str(archive), "--epochs", "3", "--batch-size", "8", "--precision", "float32",
-                "--seed", "0", "--quiet", "--out", str(out)]  # fmt: skip
-
+    archive = _small_archive(tmp_path)
+    environment = _environment(tmp_path / "cache")
+    command = partial(_train_command, experiment, archive)
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     subprocess.run(command(uninterrupted), env=environment, check=True, capture_output=True,
                    timeout=600)  # fmt: skip
@@ -128,16 +137,12 @@ def test_a_killed_augmented_run_augments_its_remaining_epochs_as_an_uninterrupte
 def test_the_same_augmented_command_twice_is_the_same_run_without_op_determinism(tmp_path):
     # As users run it, without TF_DETERMINISTIC_OPS: tf.data's threads prepare the batches in
     # parallel, and each batch's augmentation must still be the one its place in the run draws.
-    archive = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_class=40,
-                                    test_per_class=2)  # fmt: skip
-    environment = _deterministic_environment(tmp_path / "cache")
-    del environment["TF_DETERMINISTIC_OPS"]
+    archive = _small_archive(tmp_path)
+    environment = _environment(tmp_path / "cache", op_determinism=False)
     runs = [tmp_path / "first", tmp_path / "second"]
     for out in runs:
-        subprocess.run([sys.executable, "-m", "cifarlab.cli", "train", "augmented", "--data",
-                        str(archive), "--epochs", "3", "--batch-size", "8", "--precision",
-                        "float32", "--seed", "0", "--quiet", "--out", str(out)],
-                       env=environment, check=True, capture_output=True, timeout=600)  # fmt: skip
+        subprocess.run(_train_command(["augmented"], archive, out), env=environment, check=True,
+                       capture_output=True, timeout=600)  # fmt: skip
     _assert_same_run(*runs)
 
 

@@ -82,13 +82,14 @@ def training_batches(
 
     One stream for the whole run means one iterator: Keras keeps it across epochs instead of
     building a new one, and with it a new shuffle, at every epoch's start. A stream that starts
-    at a later epoch (a resumed run) first skips the augmentation drawn for the epochs before.
+    at a later epoch (a resumed run) first skips the augmentation drawn for the epochs before
+    (the `PyDataset` sets each batch's draws by its place in the run anyway).
     """
     augment = augmenter(augmentation, seed)
-    if augment is not None and first_epoch:
-        done = first_epoch * steps_per_epoch(len(labels), batch_size)
-        skip_draws(augment, done, scale(images[:batch_size]))
     if keras.backend.backend() == "tensorflow":
+        if augment is not None and first_epoch:
+            done = first_epoch * steps_per_epoch(len(labels), batch_size)
+            skip_draws(augment, done, scale(images[:batch_size]))
         return _tf_training_batches(
             images, labels, num_classes, batch_size, augment, seed, first_epoch, epochs
         )
@@ -162,13 +163,12 @@ class ArrayBatches(keras.utils.PyDataset):
         self.order = self._order()
         if augment is not None:
             # The worker threads augment batches in whatever order they finish, so each batch
-            # sets the generators to where its place in the run puts them, under a lock.
-            if not augment.built:  # A resumed stream's is (`skip_draws`).
-                augment.build((None, *images.shape[1:]))
+            # sets the generators to where its place in the run (from epoch 0) puts them, under
+            # a lock; built here, once, so that the threads do not race to build it.
+            augment.build((None, *images.shape[1:]))
             self.lock = threading.Lock()
-            self.steps = draws_per_batch(augment, scale(images[:batch_size]))
             self.start = [np.asarray(state) for state in _generator_states(augment)]
-            self.first_epoch = first_epoch
+            self.steps = draws_per_batch(augment, scale(images[:batch_size]))
 
     def _order(self) -> np.ndarray:
         if not self.shuffle:
@@ -183,7 +183,7 @@ class ArrayBatches(keras.utils.PyDataset):
         batch_images = scale(self.images[chosen])
         if self.augment is not None:
             with self.lock:
-                done = (self.epoch - self.first_epoch) * len(self) + index
+                done = self.epoch * len(self) + index
                 set_draws(self.augment, self.start, self.steps, done)
                 batch_images = self.augment(batch_images, training=True)
             batch_images = keras.ops.convert_to_numpy(batch_images)
