@@ -12,6 +12,8 @@ benchmark's own test evaluations. The run folder is a normal run: `cifarlab repo
 
     python bench/modern.py --data ../shared/data/cifar10-jpeg.tar.gz
     python bench/modern.py --data cifar-10-python.tar.gz --epochs 16 --target 0.90 --seed 1
+    python bench/modern.py --data ../shared/data/cifar10-jpeg.tar.gz --epochs 15 --target 0.94 \
+        --set filters=128,384,384 --set learning_rate=0.78
 """
 
 from __future__ import annotations
@@ -73,9 +75,13 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.90)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--seed", type=int, default=configs.MODERN.seed)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other setting of the recipe, as in an experiments file "
+                        "(repeatable): --set filters=128,384,384")  # fmt: skip
     args = parser.parse_args()
+    settings = dict(setting.partition("=")[::2] for setting in args.set)
     config = configs.override(
-        configs.MODERN, epochs=args.epochs, precision=args.precision, seed=args.seed
+        configs.MODERN, epochs=args.epochs, precision=args.precision, seed=args.seed, **settings
     )
     dataset = data.load_for(config, args.data, quiet=True)
     precision, _ = environment.choose_precision(config.precision, config)

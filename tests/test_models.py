@@ -142,6 +142,20 @@ def test_patch_whitening_decorrelates_the_patches_it_was_adapted_to():
     assert 0.9 < covariance[-1, -1] <= 1.0 and np.all(np.diag(covariance) <= 1.0 + 1e-4)
 
 
+def test_patch_whitening_whitens_pixels_in_0_255_as_it_does_pixels_in_0_1():
+    # The directions across the blocks' edges vary little: an epsilon that does not scale with
+    # the pixels would whiten them fully in one range and damp them in the other.
+    rng = np.random.default_rng(1)
+    coarse = rng.random((400, 8, 8, 1)) * 0.6 + rng.random((400, 8, 8, 3)) * 0.4
+    images = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2).astype("float32")
+    outputs = []
+    for scale in (1.0, 255.0):
+        layer = models.PatchWhitening()
+        layer.adapt(images * scale)
+        outputs.append(keras.ops.convert_to_numpy(layer(images * scale)))
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-3)
+
+
 def test_adapt_fits_each_layer_to_the_images_as_they_reach_it():
     """A nested model's `Normalization`, and one behind a convolution, as users' models have."""
     images = np.random.default_rng(0).random((300, 8, 8, 3)).astype("float32") * [1, 2, 3]

@@ -69,7 +69,11 @@ class PatchWhitening(keras.layers.Layer):
     filters are the eigenvectors of the training images' patch covariance, each scaled by its
     eigenvalue's inverse square root and paired with its negative, so the next layers see
     decorrelated, unit-variance inputs from the first step. `adapt(images)` computes them, as
-    Keras's own `Normalization.adapt` does its statistics; only the bias is trained."""
+    Keras's own `Normalization.adapt` does its statistics; only the bias is trained.
+
+    `epsilon` is relative to the pixels' mean variance, as airbench's 5e-4 is to images it
+    normalizes to unit variance per channel: the filters whiten images in [0, 1] as they would
+    those images standardized, and scaling the images scales the filters inversely."""
 
     def __init__(self, patch_size: int = 2, epsilon: float = 5e-4, **kwargs):
         super().__init__(**kwargs)
@@ -94,9 +98,10 @@ class PatchWhitening(keras.layers.Layer):
         # (images, rows, columns, channels, size, size) -> one row per patch, laid out as the
         # kernel's (size, size, channels) axes.
         patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size * size * images.shape[-1])
-        mean = patches.mean(axis=0)
-        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(patches, rowvar=False))
-        filters = eigenvectors / np.sqrt(eigenvalues + self.epsilon)
+        mean, covariance = patches.mean(axis=0), np.cov(patches, rowvar=False)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        epsilon = self.epsilon * np.trace(covariance) / len(covariance)
+        filters = eigenvectors / np.sqrt(eigenvalues + epsilon)
         filters = np.concatenate([filters, -filters], axis=1)
         self.kernel.assign(filters.reshape(self.kernel.shape).astype("float32"))
         self.bias.assign((-mean @ filters).astype("float32"))  # Centred on the training images.
